@@ -1,0 +1,136 @@
+"""Evaluation protocols: the authors' (AdaBins-style) one and DepthCLIP's own.
+
+``authors``: batch 1; the model runs on the image and its mirror; each low-resolution prediction has
+NaN set to min and +-inf to max and is clamped to [min, max]; the mirrored one is flipped back; the
+two are averaged at low resolution, upsampled bilinearly (``align_corners=True``) to the ground truth
+and scored inside the dataset's crop with ``min < gt <= max``.
+
+``depthclip``: the NYU input is the fixed box (60, 56, 604, 472) of the 640 x 480 frame; flip TTA at
+low resolution; upsampled to the box and pasted into a zero canvas; scored in the 45:471 x 46:601
+window with ``1e-3 < gt < 10`` and ``pred > 1e-3`` (so pixels outside the box are not scored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .losses import upsample
+from .metrics import average_metrics, compute_metrics
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+PROTOCOLS: tuple[str, ...] = ("authors", "depthclip")
+# DepthCLIP's NYU input box (left, top, right, bottom) on the 640 x 480 frame: 544 x 416.
+DEPTHCLIP_BOX = (60, 56, 604, 472)
+
+
+def sanitise(pred: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
+    """NaN -> min, +-inf -> max, then clamp to [min, max] (the authors' metric preprocessing)."""
+    pred = torch.nan_to_num(pred, nan=min_depth, posinf=max_depth, neginf=max_depth)
+    return pred.clamp(min_depth, max_depth)
+
+
+def flip_average(
+    pred: torch.Tensor, pred_of_flipped: torch.Tensor, min_depth: float, max_depth: float
+) -> torch.Tensor:
+    """Average a prediction with the flipped-back prediction of the mirrored input, at low resolution."""
+    back = sanitise(pred_of_flipped, min_depth, max_depth).flip(-1)
+    return 0.5 * (sanitise(pred, min_depth, max_depth) + back)
+
+
+def predict_with_flip(
+    predict: Predictor, images: torch.Tensor, min_depth: float, max_depth: float
+) -> torch.Tensor:
+    """Flip test-time augmentation around any low-resolution predictor."""
+    return flip_average(predict(images), predict(images.flip(-1)), min_depth, max_depth)
+
+
+def depthclip_box(height: int, width: int, stride: int = 32) -> tuple[int, int, int, int]:
+    """DepthCLIP's input box, scaled to frames other than 480 x 640 (demo) and kept stride-divisible."""
+    left, top, right, bottom = DEPTHCLIP_BOX
+    if (height, width) == (480, 640):
+        return DEPTHCLIP_BOX
+    sx, sy = width / 640, height / 480
+    left, top = round(left * sx), round(top * sy)
+    w = max(stride, round((right - left) * sx / stride) * stride)
+    h = max(stride, round((bottom - top) * sy / stride) * stride)
+    left, top = min(left, width - w), min(top, height - h)
+    return left, top, left + w, top + h
+
+
+@dataclass
+class EvalResult:
+    """Per-image metrics, their image-wise mean, and a few full-resolution predictions for figures."""
+
+    per_image: list[dict[str, float]]
+    names: list[str]
+    mean: dict[str, float]
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().unsqueeze(0).to(device)
+
+
+@torch.no_grad()
+def evaluate(
+    predict: Predictor,
+    samples: Iterable[Any],
+    min_depth: float,
+    max_depth: float,
+    crop: str,
+    protocol: str = "authors",
+    flip: bool = True,
+    device: torch.device | str = "cpu",
+    keep_examples: int = 0,
+    progress: bool = True,
+    total: int | None = None,
+) -> EvalResult:
+    """Score a low-resolution predictor on samples with ``.image`` (H x W x 3 in [0, 1]),
+    ``.depth`` (H x W metres, 0 = no ground truth) and ``.name``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    rows: list[dict[str, float]] = []
+    names: list[str] = []
+    examples: list[dict[str, Any]] = []
+    if total is None and isinstance(samples, Sequence):
+        total = len(samples)
+    for sample in tqdm(samples, total=total, desc="evaluate", disable=not progress, leave=False):
+        image = _image_tensor(sample.image, device)
+        gt = np.asarray(sample.depth, dtype=np.float64)
+        if protocol == "depthclip":
+            full = predict_depthclip_protocol(predict, image, min_depth, max_depth, flip)
+            metrics = compute_metrics(full, gt, crop="depthclip_nyu", min_depth=min_depth,
+                                      max_depth=max_depth, max_inclusive=False, min_pred=min_depth)
+        else:
+            low = predict_with_flip(predict, image, min_depth, max_depth) if flip else sanitise(
+                predict(image), min_depth, max_depth)
+            full = upsample(low, gt.shape)
+            metrics = compute_metrics(full, gt, crop=crop, min_depth=min_depth, max_depth=max_depth)
+        rows.append(metrics)
+        names.append(str(sample.name))
+        if len(examples) < keep_examples:
+            examples.append({"name": str(sample.name), "image": sample.image, "depth": gt,
+                             "pred": full.squeeze().cpu().numpy()})
+    return EvalResult(rows, names, average_metrics(rows), examples)
+
+
+def predict_depthclip_protocol(
+    predict: Predictor, image: torch.Tensor, min_depth: float, max_depth: float, flip: bool = True
+) -> torch.Tensor:
+    """DepthCLIP's placement: predict on the fixed box, upsample to it, paste into a zero canvas."""
+    height, width = image.shape[-2:]
+    left, top, right, bottom = depthclip_box(height, width)
+    box = image[..., top:bottom, left:right]
+    if flip:
+        low = 0.5 * (predict(box) + predict(box.flip(-1)).flip(-1))  # DepthCLIP does not clamp
+    else:
+        low = predict(box)
+    canvas = torch.zeros(1, 1, height, width, dtype=low.dtype, device=low.device)
+    canvas[..., top:bottom, left:right] = upsample(low, (bottom - top, right - left))
+    return canvas.clamp(max=max_depth)

@@ -1,0 +1,111 @@
+"""The bin-prompt depth head and the full CLIP depth model built on it.
+
+Depth per patch = sum_k softmax_k(scale * <patch, text_k>) * c_k: image patches are compared with one
+text feature per depth bin, and the probabilities weight fixed bin centres. DepthCLIP and the
+authors' learned-prompt method differ only in the prompts, the text normalisation and the bins.
+"""
+
+from __future__ import annotations
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import dense_features, set_bn_policy
+from .prompts import PromptEncoder
+
+TEXT_NORMS: tuple[str, ...] = ("per_prompt", "frobenius")
+# Both codes write the scale as 100 * <., .> / temperature with temperature 0.1.
+DEFAULT_LOGIT_SCALE = 100.0 / 0.1
+
+
+def normalise_text(text: torch.Tensor, mode: str = "frobenius") -> torch.Tensor:
+    """Turn ``N x D`` prompt features into the ``D x N`` matrix the head multiplies with.
+
+    ``per_prompt`` (DepthCLIP): unit columns. ``frobenius`` (the authors' code): each prompt
+    L2-normalised, then the whole matrix divided by its Frobenius norm, so every column has norm
+    ``1/sqrt(N)`` -- the effective logit scale shrinks with the number of bins.
+    """
+    if mode not in TEXT_NORMS:
+        raise ValueError(f"unknown text normalisation {mode!r}; valid: {', '.join(TEXT_NORMS)}")
+    t = F.normalize(text, dim=-1)
+    if mode == "frobenius":
+        t = t / t.norm()
+    return t.t()
+
+
+def bin_probabilities(features: torch.Tensor, text_cols: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Softmax over bins of ``logit_scale * <patch, text_k>``; ``B x C x h x w`` -> ``B x N x h x w``."""
+    logits = logit_scale * torch.einsum("bchw,cn->bnhw", features, text_cols.to(features.dtype))
+    return logits.softmax(dim=1)
+
+
+def depth_from_probabilities(probs: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Expected depth ``sum_k p_k c_k``, ``B x 1 x h x w``."""
+    return torch.einsum("bnhw,n->bhw", probs, centres.to(probs.dtype)).unsqueeze(1)
+
+
+class BinPromptDepth(nn.Module):
+    """Frozen CLIP + prompt encoder + bin centres: the model of DepthCLIP and of the authors.
+
+    Output stays at feature resolution (H/32 x W/32 for ResNets); upsampling belongs to the loss and
+    the evaluation protocol, as in the authors' code. ``bn`` decides what ``train()`` does to the image
+    tower's BatchNorm layers (``frozen`` or ``adapt``, see ``backbone.set_bn_policy``); everything
+    else of CLIP stays in eval mode and frozen.
+    """
+
+    def __init__(
+        self,
+        clip_model: open_clip.CLIP,
+        prompts: PromptEncoder,
+        centres: torch.Tensor,
+        text_norm: str = "frobenius",
+        logit_scale: float = DEFAULT_LOGIT_SCALE,
+        dense_mode: str = "depthclip",
+        image_norm: str = "imagenet",
+        bn: str = "frozen",
+    ) -> None:
+        super().__init__()
+        if centres.numel() != prompts.n_prompts:
+            raise ValueError(f"{centres.numel()} bin centres for {prompts.n_prompts} prompts")
+        if text_norm not in TEXT_NORMS:
+            raise ValueError(f"unknown text normalisation {text_norm!r}; valid: {', '.join(TEXT_NORMS)}")
+        self.clip = clip_model
+        self.prompts = prompts
+        self.register_buffer("centres", centres.to(torch.float32))
+        self.text_norm = text_norm
+        self.logit_scale = float(logit_scale)
+        self.dense_mode = dense_mode
+        self.image_norm = image_norm
+        set_bn_policy(clip_model, bn)  # validates the name
+        self.bn = bn
+        self.clip.eval()
+
+    def train(self, mode: bool = True) -> BinPromptDepth:
+        super().train(mode)
+        self.clip.eval()
+        if mode:
+            set_bn_policy(self.clip, self.bn)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.prompts.parameters() if p.requires_grad]
+
+    def text_features(self) -> torch.Tensor:
+        """Normalised ``D x N`` text matrix for the current tokens."""
+        return normalise_text(self.prompts(), self.text_norm)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Dense features of [0, 1] RGB images (the frozen, cacheable part)."""
+        return dense_features(self.clip, images, self.dense_mode, self.image_norm)
+
+    def forward_features(self, features: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """Depth from precomputed dense features (the cached-training path)."""
+        text = self.text_features() if text is None else text
+        probs = bin_probabilities(features.to(text.dtype), text, self.logit_scale)
+        return depth_from_probabilities(probs, self.centres)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Low-resolution depth in metres for a batch of [0, 1] RGB images."""
+        return self.forward_features(self.image_features(images))

@@ -1,0 +1,129 @@
+"""Depth metrics, per image, with the evaluation crops of NYU and KITTI.
+
+The paper reports image-wise averages (metric per image, then the mean over images), and its "RMSL"
+column is the per-image mean *squared* ln error with no square root (a quirk of the authors'
+running-average code). We compute both that (``log_mse``) and the true ``rmse_log``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+
+METRIC_NAMES: tuple[str, ...] = (
+    "abs_rel", "sq_rel", "rmse", "rmse_log", "log_mse", "log10", "silog", "d1", "d2", "d3",
+)
+# Lower is better for errors, higher for the threshold accuracies.
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"d1", "d2", "d3"})
+
+# Row/column windows on the 480 x 640 NYU frame; KITTI's Garg crop is given as fractions.
+_NYU_FRAME = (480, 640)
+_NYU_CROPS = {"eigen_nyu": (45, 471, 41, 601), "depthclip_nyu": (45, 471, 46, 601)}
+_GARG_FRACTIONS = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
+CROPS: tuple[str, ...] = ("none", "eigen_nyu", "depthclip_nyu", "garg_kitti")
+
+
+def crop_mask(name: str, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean evaluation-region mask for a ground-truth map of ``shape``.
+
+    NYU windows are defined on the 480 x 640 frame; for other sizes (the demo profile renders
+    smaller frames) the window is scaled proportionally. ``garg_kitti`` uses the usual fractions of
+    the frame, ``int()``-truncated as in BTS/AdaBins.
+    """
+    if name == "none":
+        return np.ones(shape, dtype=bool)
+    if len(shape) != 2:
+        raise ValueError(f"crop {name!r} needs a 2-D ground-truth map, got shape {tuple(shape)}")
+    h, w = shape
+    mask = np.zeros((h, w), dtype=bool)
+    if name in _NYU_CROPS:
+        t, b, left, r = _NYU_CROPS[name]
+        if (h, w) != _NYU_FRAME:
+            sy, sx = h / _NYU_FRAME[0], w / _NYU_FRAME[1]
+            t, b, left, r = (int(v * s + 0.5) for v, s in ((t, sy), (b, sy), (left, sx), (r, sx)))  # half up
+        mask[t:b, left:r] = True
+    elif name == "garg_kitti":
+        t, b, left, r = _GARG_FRACTIONS
+        mask[int(t * h) : int(b * h), int(left * w) : int(r * w)] = True
+    else:
+        raise ValueError(f"unknown crop {name!r}; valid: {', '.join(CROPS)}")
+    return mask
+
+
+def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64).squeeze()
+
+
+def valid_mask(
+    gt: np.ndarray,
+    crop: str = "none",
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    max_inclusive: bool = True,
+    pred: np.ndarray | None = None,
+    min_pred: float | None = None,
+) -> np.ndarray:
+    """Pixels that are scored: inside ``crop``, ``min < gt <= max`` (``< max`` when not
+    ``max_inclusive``), and ``pred > min_pred`` when ``min_pred`` is given."""
+    valid = crop_mask(crop, gt.shape) & (gt > min_depth)
+    valid &= (gt <= max_depth) if max_inclusive else (gt < max_depth)
+    if min_pred is not None:
+        if pred is None:
+            raise ValueError("min_pred needs pred")
+        valid &= pred > min_pred
+    return valid
+
+
+def compute_metrics(
+    pred: np.ndarray | torch.Tensor,
+    gt: np.ndarray | torch.Tensor,
+    crop: str = "none",
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    median_scaling: bool = False,
+    max_inclusive: bool = True,
+    min_pred: float | None = None,
+) -> dict[str, float]:
+    """All metrics of one image over its valid pixels.
+
+    Valid: inside ``crop`` and ``min_depth < gt <= max_depth`` (``gt < max_depth`` with
+    ``max_inclusive=False``, DepthCLIP's rule), and ``pred > min_pred`` when given (DepthCLIP drops
+    the zero canvas outside its input crop that way). ``pred`` must already be at ``gt``'s size.
+    """
+    p, g = _as_numpy(pred), _as_numpy(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"prediction {p.shape} and ground truth {g.shape} differ in shape; upsample first")
+    valid = valid_mask(g, crop, min_depth, max_depth, max_inclusive, p, min_pred)
+    if not valid.any():
+        raise ValueError("no valid ground-truth pixel in the evaluation region")
+    p, g = p[valid], g[valid]
+    if not np.all(np.isfinite(p)) or np.any(p <= 0):
+        raise ValueError("prediction has non-positive or non-finite values at valid pixels; clamp first")
+    if median_scaling:
+        p = p * (np.median(g) / np.median(p))
+    thresh = np.maximum(g / p, p / g)
+    log_err = np.log(p) - np.log(g)
+    return {
+        "abs_rel": float(np.mean(np.abs(g - p) / g)),
+        "sq_rel": float(np.mean((g - p) ** 2 / g)),
+        "rmse": float(np.sqrt(np.mean((g - p) ** 2))),
+        "rmse_log": float(np.sqrt(np.mean(log_err**2))),
+        "log_mse": float(np.mean(log_err**2)),
+        "log10": float(np.mean(np.abs(np.log10(p) - np.log10(g)))),
+        "silog": float(100.0 * np.sqrt(max(np.mean(log_err**2) - np.mean(log_err) ** 2, 0.0))),
+        "d1": float(np.mean(thresh < 1.25)),
+        "d2": float(np.mean(thresh < 1.25**2)),
+        "d3": float(np.mean(thresh < 1.25**3)),
+    }
+
+
+def average_metrics(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Image-wise average (the paper's convention): the mean of each metric over images."""
+    rows = list(per_image)
+    if not rows:
+        raise ValueError("no images to average")
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -1,0 +1,29 @@
+"""Shared fixtures: random-init CLIP models of the real architectures, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from clipdepth.backbone import load_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def rn50():
+    return load_clip("RN50-quickgelu", weights=None, seed=0)
+
+
+@pytest.fixture(scope="session")
+def vit_b32():
+    return load_clip("ViT-B-32-quickgelu", weights=None, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
