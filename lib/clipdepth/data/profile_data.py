@@ -7,6 +7,7 @@ same readers return the samples, so the demo exercises the paper's code path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .kitti import KITTIEigen
@@ -27,17 +28,19 @@ def open_split(
 ) -> NYUDepthV2 | KITTIEigen:
     """The reader for ``split`` ("train" or "test") of ``resolved`` (an ``experiments.ResolvedExperiment``).
 
-    With ``resolved.synthetic`` set, the scenes are first rendered into ``resolved.data_root`` at
-    ``resolved.test_size`` unless an identical copy is already there (``n_train``/``n_test`` frames).
+    With ``resolved.synthetic`` set, ``n_train`` + ``n_test`` scenes are first rendered at
+    ``resolved.test_size`` into a sub-folder of ``resolved.data_root`` named after those parameters,
+    unless an identical copy is already there.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(resolved.data_root)
     if resolved.synthetic:
-        ensure_synthetic_dataset(resolved.synthetic, resolved.data_root, n_train, n_test,
-                                 seed=DEMO_SCENE_SEED, size=tuple(resolved.test_size))
+        # one folder per scene set, so runs with other counts or sizes never re-render a shared copy
+        h, w = resolved.test_size
+        root = root / f"train{n_train}_test{n_test}_{h}x{w}_seed{DEMO_SCENE_SEED}"
+        ensure_synthetic_dataset(resolved.synthetic, root, n_train, n_test, seed=DEMO_SCENE_SEED, size=(h, w))
     if resolved.dataset == "nyu":
-        return NYUDepthV2(resolved.data_root, split, fetch=not resolved.synthetic)
-    depth_root = resolved.depth_root
-    if resolved.synthetic and depth_root is None:
-        depth_root = None  # the synthetic writer puts annotated depth under the raw root
-    return KITTIEigen(resolved.data_root, depth_root, split, fetch=not resolved.synthetic)
+        return NYUDepthV2(root, split, fetch=not resolved.synthetic)
+    # the synthetic writer puts the annotated depth under the raw root, where the reader looks by default
+    return KITTIEigen(root, resolved.depth_root, split, fetch=not resolved.synthetic)
