@@ -285,7 +285,9 @@ class Trainer:
                               initial=start, total=epochs):
                 model.train()
                 losses = []
-                for feats, gt in self._batches(model, epoch, train_ds, views):
+                batches = tqdm(self._batches(model, epoch, train_ds, views), total=steps_per_epoch, leave=False,
+                               desc=f"epoch {epoch + 1}", disable=not self.progress)
+                for feats, gt in batches:
                     loss = self.step_loss(model, feats, gt)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
