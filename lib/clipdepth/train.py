@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import os
 import tempfile
@@ -120,12 +121,19 @@ class Trainer:
             raise ValueError(f"views must be >= 1, got {views}")
         self.autocast_bf16 = autocast_bf16
         self.progress = progress
-        # K views change a cached run's data, so they are part of its folder name (not of the method)
-        suffix = f"-k{self.views}" if self.train_cfg.mode == "cached" else ""
-        self.run_dir = Path(runs_dir) / f"{resolved.run_key[:16]}{suffix}"
+        self.runs_dir = Path(runs_dir)
         self.cache = FeatureCache(cache_dir)
         self._clip = clip_model
         self._counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+
+    @functools.cached_property
+    def run_dir(self) -> Path:
+        """``runs/<run key>-<data>[-k<views>]``: the method and run settings (run key), the exact train
+        and test samples (a fingerprint of their names, so other frame counts never reuse a result)
+        and, for cached runs, the number of augmented views -- everything a result depends on."""
+        data = split_fingerprint([*self.split("train").names(), "|", *self.split("test").names()])
+        suffix = f"-k{self.views}" if self.train_cfg.mode == "cached" and self.resolved.epochs > 0 else ""
+        return self.runs_dir / f"{self.resolved.run_key[:16]}-{data[:8]}{suffix}"
 
     # -- data and model -------------------------------------------------------------------------
     @property
