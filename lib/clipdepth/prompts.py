@@ -8,6 +8,7 @@ N bin prompts in one batch and is the only trainable part of the authors' method
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -40,6 +41,12 @@ TEMPLATES: dict[str, str] = {
 }
 TOKEN_INIT_STD = 0.02  # CLIP's token_embedding init std, used by the authors for every new token
 _SLOT = re.compile(r"\{(object|depth|ctx)\}")
+
+
+@functools.lru_cache(maxsize=1)
+def clip_tokenizer() -> open_clip.tokenizer.SimpleTokenizer:
+    """CLIP's BPE tokenizer (the same for every architecture here); built once, it reads a 1.3 MB vocabulary."""
+    return open_clip.get_tokenizer("RN50-quickgelu")
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,7 @@ class PromptEncoder(nn.Module):
         self.template = resolve_template(template)
         self.learned_object = learned_object
         object.__setattr__(self, "_clip", model)  # frozen, deliberately not a submodule
-        tokenizer = open_clip.get_tokenizer("RN50-quickgelu")  # CLIP's BPE; identical for every arch here
+        tokenizer = clip_tokenizer()
         width = model.token_embedding.weight.shape[1]
         gen = torch.Generator().manual_seed(seed)
         n_ctx = self.template.count("{ctx}")
