@@ -18,7 +18,6 @@ import pytest  # noqa: E402
 from clipdepth import experiments, report, report_html  # noqa: E402
 from clipdepth.metrics import METRIC_NAMES  # noqa: E402
 from clipdepth.reference import reference_for  # noqa: E402
-from clipdepth.train import resolve_row as train_resolve_row  # noqa: E402
 
 
 def _row(name: str, **metrics: float) -> dict:
@@ -211,12 +210,6 @@ def test_results_json_is_strict_json_with_nan_metrics(ctx) -> None:
 
 
 # -- row resolution --------------------------------------------------------------------------------
-
-
-def test_resolve_row_matches_the_trainer_for_trained_rows() -> None:
-    ours = report.resolve_row("t3/nyu/learned-7", "demo", "cached")
-    theirs = train_resolve_row("t3/nyu/learned-7", "demo", "cached")
-    assert ours.run_key == theirs.run_key  # runs are shared with code calling train.run_table_row
 
 
 def test_resolve_row_evaluates_untrained_rows_on_cached_features() -> None:

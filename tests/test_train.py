@@ -147,6 +147,8 @@ def test_resolve_row_modes():
     faithful = resolve_row("t3/nyu/learned-7", "demo", mode="faithful")
     assert faithful.train.mode == "faithful" and faithful.train.bn == "adapt"
     assert cached.run_key != faithful.run_key
-    assert resolve_row("t3/nyu/depth-7", "demo").experiment == experiments.get("t3/nyu/depth-7")
+    untrained = resolve_row("t3/nyu/depth-7", "demo")
+    assert untrained.config_hash == experiments.config_hash(experiments.get("t3/nyu/depth-7"))
+    assert untrained.epochs == 0
     with pytest.raises(ValueError, match="valid: cached, faithful"):
         resolve_row("t3/nyu/learned-7", mode="fast")

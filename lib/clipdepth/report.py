@@ -51,6 +51,7 @@ import pandas as pd
 from . import experiments
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES
 from .reference import PAPER_METRIC_NOTE, reference_for
+from .train import resolve_row  # re-exported: notebooks bind rows through report
 
 __all__ = [
     "COMPARE_METRICS",
@@ -348,45 +349,6 @@ def _now() -> str:
 # ---------------------------------------------------------------------------------------------
 # Running table rows
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_row(
-    name: str,
-    profile: str = "demo",
-    mode: str = "cached",
-    epochs: int | None = None,
-    weights: str | None = None,
-    seed: int | None = None,
-) -> experiments.ResolvedExperiment:
-    """A registry row bound to a profile with the notebook's run settings.
-
-    Same as :func:`clipdepth.train.resolve_row` for trained rows (``cached`` = cached features and
-    frozen BatchNorm), with two additions a notebook needs: ``weights``/``seed`` overrides, and
-    *untrained* rows in ``cached`` mode are evaluated on the cached test features too. Why that is
-    exact: an untrained row never updates BatchNorm statistics, so ``frozen`` and ``adapt`` give the
-    same network, and its method hash ignores the training mode; only fp16 storage of the cached
-    features differs. It saves a live image-encoder pass per row, which dominates demo time.
-    """
-    from .train import TRAIN_MODES
-
-    if mode not in TRAIN_MODES:
-        raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(TRAIN_MODES)}")
-    exp = experiments.get(name)
-    changes: dict[str, Any] = {}
-    if seed is not None and int(seed) != exp.train.seed:
-        changes["seed"] = int(seed)
-    if mode == "cached" and exp.eval_protocol != "depthclip":
-        changes.update(mode="cached", bn="frozen")
-    elif mode == "faithful" and exp.trained and exp.train.mode != "faithful":
-        changes.update(mode="faithful")
-    if changes:
-        exp = experiments.variant(exp, **changes)
-    overrides: dict[str, Any] = {}
-    if epochs is not None:
-        overrides["epochs"] = int(epochs)
-    if weights is not None:
-        overrides["weights"] = weights
-    return experiments.resolve(exp, profile, **overrides)
 
 
 def run_rows(

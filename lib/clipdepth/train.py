@@ -398,21 +398,40 @@ class Trainer:
 TRAIN_MODES: tuple[str, ...] = ("cached", "faithful")
 
 
-def resolve_row(name: str, profile: str = "demo", mode: str = "cached", epochs: int | None = None,
-                **overrides: Any) -> ResolvedExperiment:
-    """A registry row bound to a profile, in the requested training mode.
+def resolve_row(
+    name: str,
+    profile: str = "demo",
+    mode: str = "cached",
+    epochs: int | None = None,
+    weights: str | None = None,
+    seed: int | None = None,
+) -> ResolvedExperiment:
+    """A registry row bound to a profile, in the requested training mode, with run overrides.
 
-    ``cached`` implies BN ``frozen`` (features are computed once); ``faithful`` keeps the registry's
-    BN policy (``adapt``, the authors' behaviour). Rows that do not train are returned unchanged.
+    ``cached`` means cached features and BN ``frozen``; ``faithful`` keeps the registry's BN policy
+    (``adapt``, the authors' behaviour). Untrained rows in ``cached`` mode are evaluated on the cached
+    test features too: such a row never updates BatchNorm statistics, so ``frozen`` and ``adapt`` are
+    the same network and its method hash ignores the training mode; only the fp16 storage of the
+    cached features differs, and it saves a live image-encoder pass per row. ``weights`` and ``seed``
+    override the profile's weights and the authors' seed.
     """
     if mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(TRAIN_MODES)}")
     exp = experiments.get(name)
-    if exp.trained and (mode, exp.train.mode) != ("faithful", "faithful"):
-        bn = "frozen" if mode == "cached" else exp.train.bn
-        exp = experiments.variant(exp, mode=mode, bn=bn)
+    changes: dict[str, Any] = {}
+    if seed is not None and int(seed) != exp.train.seed:
+        changes["seed"] = int(seed)
+    if mode == "cached" and exp.eval_protocol != "depthclip":
+        changes.update(mode="cached", bn="frozen")
+    elif mode == "faithful" and exp.trained and exp.train.mode != "faithful":
+        changes.update(mode="faithful")
+    if changes:
+        exp = experiments.variant(exp, **changes)
+    overrides: dict[str, Any] = {}
     if epochs is not None:
-        overrides["epochs"] = epochs
+        overrides["epochs"] = int(epochs)
+    if weights is not None:
+        overrides["weights"] = weights
     return experiments.resolve(exp, profile, **overrides)
 
 
