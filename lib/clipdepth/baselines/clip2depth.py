@@ -63,6 +63,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from ..backbone import load_clip, normalise_images, text_width, vit_positional_embedding
+from ..data.specs import get_spec
 from ..losses import silog_loss
 from ..prompts import TOKEN_INIT_STD, encode_embeddings
 
@@ -344,14 +345,12 @@ def build_clip2depth(
     ``weights``: None = random-init CLIP of the real architecture (demo), ``"openai"`` or a file (paper);
     see :func:`clipdepth.backbone.load_clip`. Extra keywords override :class:`CLIP2DepthConfig` fields.
     """
-    ranges = {"nyu": 10.0, "kitti": 80.0}
-    if dataset not in ranges:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: nyu, kitti")
+    max_depth = get_spec(dataset).max_depth  # raises a clear ValueError for an unknown dataset
     fields = {f.name for f in dataclasses.fields(CLIP2DepthConfig)}
     bad = set(config) - fields
     if bad:
         raise TypeError(f"unknown CLIP2Depth option(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(fields))}")
-    config.setdefault("max_depth", ranges[dataset])
+    config.setdefault("max_depth", max_depth)
     cfg = CLIP2DepthConfig(**config)
     if clip_model is None:
         clip_model = load_clip(cfg.arch, weights, seed=0, device=device)

@@ -85,6 +85,7 @@ from torch import nn
 
 from ..backbone import WeightsUnavailableError, normalise_images
 from ..bins import DEPTHCLIP_BINS
+from ..data.specs import get_spec
 from ..evaluate import EvalResult, predict_with_flip, sanitise
 from ..losses import silog_loss, upsample
 from ..metrics import average_metrics, compute_metrics, valid_mask
@@ -571,15 +572,14 @@ def build_llm_mde(
 
     Random init (``pretrained=False``) is seeded: the same seed gives the same towers and adapters.
     """
-    ranges = {"nyu": (10.0, 0.1), "kitti": (80.0, 1.0)}
-    if dataset not in ranges:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: nyu, kitti")
+    max_depth = get_spec(dataset).max_depth  # raises a clear ValueError for an unknown dataset
+    loss_min_depth = {"nyu": 0.1, "kitti": 1.0}[dataset]  # LLM-MDE's own training mask thresholds
     fields = {f.name for f in dataclasses.fields(LLMMDEConfig)}
     bad = set(config) - fields
     if bad:
         raise TypeError(f"unknown LLM-MDE option(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(fields))}")
-    config.setdefault("max_depth", ranges[dataset][0])
-    config.setdefault("loss_min_depth", ranges[dataset][1])
+    config.setdefault("max_depth", max_depth)
+    config.setdefault("loss_min_depth", loss_min_depth)
     cfg = LLMMDEConfig(**config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
