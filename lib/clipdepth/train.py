@@ -11,19 +11,29 @@ the upsampled prediction). Two modes share one loop:
 
 All randomness is derived from (seed, epoch, index) -- batch order, augmentation -- so a run resumed
 from its epoch-k checkpoint ends bit-identical to an uninterrupted one. A finished run is found by its
-run key (method + weights + data kind + sizes + epochs) and not repeated unless forced.
+run folder, whose name covers the run key (method + weights + data kind + sizes + epochs), the weights'
+content, the precision, the exact samples and the fingerprint of the computing code
+(:mod:`clipdepth.codeid`); it is not repeated unless forced. A run computed by other code is *stale*:
+it is recomputed, or reused and labelled stale with ``allow_stale``.
+
+Rows that share a data stream are trained together by :mod:`clipdepth.lockstep`, which reuses this
+module's pieces (model building, optimiser, loss, result files) so a lockstep row and a row trained
+alone here are the same computation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import functools
+import hashlib
+import io
 import json
 import os
-import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,18 +44,54 @@ import torch
 from tqdm.auto import tqdm
 
 from . import experiments
+from .atomic import atomic_write, atomic_write_json, atomic_write_text, file_lock
 from .backbone import load_clip, weights_id
+from .codeid import code_fingerprint, git_state
 from .data.profile_data import open_split
 from .data.transforms import TrainTransform, to_tensor
 from .evaluate import EvalResult, evaluate, flip_average
 from .experiments import ResolvedExperiment
 from .features import CachedFeatures, FeatureCache, FeatureKey, split_fingerprint
 from .heads import BinPromptDepth
-from .losses import silog_loss, upsample
+from .losses import SILogTarget, upsample
 from .methods import build_bin_prompt_model
 from .metrics import average_metrics, compute_metrics
 
 CHECKPOINT_FORMAT = 1
+
+#: Numerical precision of the image and text encoders: ``fp32`` (the authors', the default), ``tf32``
+#: (CUDA matmuls and convolutions in TensorFloat-32) and ``bf16`` (CUDA autocast). Part of the run key.
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device | str) -> str:
+    """Validate a precision for a device (TF32 and bf16 autocast are CUDA features here)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        raise ValueError(f"precision {precision!r} needs a CUDA device; on {device} use 'fp32'")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the block in ``precision`` (see :data:`PRECISIONS`); fp32 changes nothing."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32":
+        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    else:
+        yield
+
+
+class DamagedResultWarning(UserWarning):
+    """A ``result.json`` could not be read; the run is recomputed."""
 
 
 @dataclass
@@ -63,6 +109,9 @@ class RunResult:
     mode: str
     examples: list[dict[str, Any]] = field(default_factory=list)
     reused: bool = False
+    stale: bool = False
+    protocol: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def build_model(resolved: ResolvedExperiment, clip_model: open_clip.CLIP) -> BinPromptDepth:
@@ -75,14 +124,7 @@ def build_model(resolved: ResolvedExperiment, clip_model: open_clip.CLIP) -> Bin
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="partial-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _bn_buffers(model: BinPromptDepth) -> dict[str, torch.Tensor]:
@@ -107,11 +149,13 @@ class Trainer:
         cache_dir: str | os.PathLike[str] = "cache/features",
         device: str | torch.device = "cpu",
         views: int = 4,
-        autocast_bf16: bool = False,
+        precision: str = "fp32",
         progress: bool = True,
         clip_model: open_clip.CLIP | None = None,
         n_train: int | None = None,
         n_test: int | None = None,
+        subset: int | None = None,
+        allow_stale: bool = False,
     ) -> None:
         self.resolved = resolved
         self.train_cfg = resolved.train
@@ -119,21 +163,77 @@ class Trainer:
         self.views = int(views)
         if self.views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
-        self.autocast_bf16 = autocast_bf16
+        self.precision = check_precision(precision, self.device)
+        self.allow_stale = allow_stale
         self.progress = progress
         self.runs_dir = Path(runs_dir)
         self.cache = FeatureCache(cache_dir)
         self._clip = clip_model
-        self._counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+        self.subset = subset
+        self._counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("subset", subset))
+                        if v is not None}
+
+    @functools.cached_property
+    def data_fingerprint(self) -> str:
+        """Fingerprint of the exact train and test sample names (other frame counts or subsets differ)."""
+        return split_fingerprint([*self.split("train").names(), "|", *self.split("test").names()])
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Hash of everything but the code a result depends on: the run key (method, weights choice,
+        data kind, sizes, epochs), the weights' *content* (a file replaced at the same path is another
+        run) and the precision."""
+        payload = {"run_key": self.resolved.run_key, "weights_id": weights_id(self.resolved.weights),
+                   "precision": self.precision}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def _dir_name(self, code: str) -> str:
+        suffix = f"-k{self.views}" if self.train_cfg.mode == "cached" and self.resolved.epochs > 0 else ""
+        return f"{self.identity[:16]}-{self.data_fingerprint[:8]}-c{code}{suffix}"
 
     @functools.cached_property
     def run_dir(self) -> Path:
-        """``runs/<run key>-<data>[-k<views>]``: the method and run settings (run key), the exact train
-        and test samples (a fingerprint of their names, so other frame counts never reuse a result)
-        and, for cached runs, the number of augmented views -- everything a result depends on."""
-        data = split_fingerprint([*self.split("train").names(), "|", *self.split("test").names()])
-        suffix = f"-k{self.views}" if self.train_cfg.mode == "cached" and self.resolved.epochs > 0 else ""
-        return self.runs_dir / f"{self.resolved.run_key[:16]}-{data[:8]}{suffix}"
+        """``runs/<identity>-<data>-c<code>[-k<views>]``: :attr:`identity`, the exact samples, the
+        fingerprint of the computing code and, for cached runs, the number of augmented views --
+        everything a result depends on."""
+        return self.runs_dir / self._dir_name(code_fingerprint()[:12])
+
+    def stale_result(self) -> Path | None:
+        """The newest finished result of this run computed by *other* code, if any."""
+        pattern = self._dir_name("*")
+        found = [p / "result.json" for p in self.runs_dir.glob(pattern) if p != self.run_dir]
+        found = [p for p in found if p.is_file()]
+        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+    def finished(self) -> RunResult | None:
+        """The finished result of this run, if there is a readable one (or a stale one when allowed).
+
+        A damaged ``result.json`` is reported by path (a warning) and treated as missing.
+        """
+        path = self.run_dir / "result.json"
+        if path.is_file():
+            result = self._load_result(path)
+            if result is not None:
+                return result
+        if self.allow_stale:
+            stale = self.stale_result()
+            if stale is not None:
+                result = self._load_result(stale)
+                if result is not None:
+                    result.stale = True
+                    return result
+        return None
+
+    def protocol(self) -> dict[str, Any]:
+        """How this row is trained and evaluated, as every results file and scorecard row states it."""
+        cfg, r = self.train_cfg, self.resolved
+        trained = r.epochs > 0
+        return {"mode": cfg.mode if trained else "untrained", "bn": cfg.bn,
+                "views": self.views if trained and cfg.mode == "cached" else None,
+                "precision": self.precision, "features": "float16 cache" if trained and cfg.mode == "cached"
+                else "live " + ("bf16" if self.precision == "bf16" else "float32"),
+                "seed": cfg.seed, "epochs": r.epochs, "batch_size": cfg.batch_size,
+                "eval_protocol": r.eval_protocol, "subset": self.subset}
 
     # -- data and model -------------------------------------------------------------------------
     @property
@@ -172,8 +272,7 @@ class Trainer:
             return model.image_features(images).float()
 
     def _autocast(self):
-        enabled = self.autocast_bf16 and self.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+        return precision_context(self.precision, self.device)
 
     def train_views(self, model: BinPromptDepth) -> list[CachedFeatures]:
         """The K cached augmented views of the training split (built on first use)."""
@@ -206,12 +305,28 @@ class Trainer:
         return out[0], out[1]
 
     # -- one optimisation step ------------------------------------------------------------------
-    def step_loss(self, model: BinPromptDepth, feats: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    def loss_target(self, gt: torch.Tensor, feats: torch.Tensor) -> SILogTarget:
+        """The batch's SILog target (mask, log depth, upsampling), shared by every row of a lockstep step."""
+        return SILogTarget(gt, tuple(feats.shape[-2:]), self.resolved.min_depth, self.train_cfg.loss_alpha,
+                           self.train_cfg.loss_lambda)
+
+    def step_loss(self, model: BinPromptDepth, feats: torch.Tensor, gt: torch.Tensor | SILogTarget) -> torch.Tensor:
         """SILog of the prediction from dense features; the text encoder runs once for all N prompts."""
+        target = gt if isinstance(gt, SILogTarget) else self.loss_target(gt, feats)
         with self._autocast():
             depth = model.forward_features(feats)
-        return silog_loss(depth.float(), gt, self.resolved.min_depth, self.train_cfg.loss_alpha,
-                          self.train_cfg.loss_lambda)
+        return target(depth.float())
+
+    def optimiser_step(self, model: BinPromptDepth, params: list, opt, sched, feats: torch.Tensor,
+                       target: torch.Tensor | SILogTarget) -> float:
+        """One step of the authors' loop: loss, backward, grad-norm clip, AdamW, OneCycle; returns the loss."""
+        loss = self.step_loss(model, feats, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
+        opt.step()
+        sched.step()
+        return loss.item()
 
     def _optimiser(self, model: BinPromptDepth, steps: int):
         cfg = self.train_cfg
@@ -260,14 +375,27 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         return state
 
-    def run(self, force: bool = False, stop_after: int | None = None, keep_examples: int = 3) -> RunResult:
+    def run(self, force: bool = False, stop_after: int | None = None, keep_examples: int = 3,
+            on_step: Callable[[int, int], None] | None = None) -> RunResult:
         """Train (if the experiment trains), evaluate the final tokens, write ``result.json``.
 
-        ``stop_after`` ends training after that many epochs without evaluating (to test resuming).
+        The run folder is locked for the whole run, so a second process asking for the same row waits,
+        then reuses this one's result. ``stop_after`` ends training after that many epochs without
+        evaluating (to test resuming); ``on_step(epoch, step)`` is called after every optimiser step.
         """
-        result_path = self.run_dir / "result.json"
-        if result_path.is_file() and not force and stop_after is None:
-            return self._load_result(result_path)
+        if not force and stop_after is None:
+            done = self.finished()
+            if done is not None:
+                return done
+        with file_lock(self.run_dir, what=f"run folder of {self.resolved.name}"):
+            if not force and stop_after is None:
+                done = self.finished()  # another process may have finished it while we waited
+                if done is not None:
+                    return done
+            return self._run_locked(force, stop_after, keep_examples, on_step)
+
+    def _run_locked(self, force: bool, stop_after: int | None, keep_examples: int,
+                    on_step: Callable[[int, int], None] | None) -> RunResult:
         if force and self.run_dir.exists():
             for f in self.run_dir.glob("epoch_*.pt"):
                 f.unlink()
@@ -295,14 +423,10 @@ class Trainer:
                 losses = []
                 batches = tqdm(self._batches(model, epoch, train_ds, views), total=steps_per_epoch, leave=False,
                                desc=f"epoch {epoch + 1}", disable=not self.progress)
-                for feats, gt in batches:
-                    loss = self.step_loss(model, feats, gt)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
-                    opt.step()
-                    sched.step()
-                    losses.append(loss.item())
+                for step, (feats, gt) in enumerate(batches):
+                    losses.append(self.optimiser_step(model, params, opt, sched, feats, gt))
+                    if on_step is not None:
+                        on_step(epoch, step)
                 history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
                                 "lr": float(sched.get_last_lr()[0])})
                 self._write_log(history)
@@ -320,11 +444,23 @@ class Trainer:
                              train_seconds, 0.0, self.train_cfg.mode)
         t1 = time.perf_counter()
         evaluation = self.evaluate(model, keep_examples=keep_examples)
+        return self.finish(model, evaluation, history, train_seconds, time.perf_counter() - t1)
+
+    def finish(self, model: BinPromptDepth, evaluation: EvalResult, history: list[dict[str, float]],
+               train_seconds: float, eval_seconds: float, extra: dict[str, Any] | None = None) -> RunResult:
+        """Package an evaluated model as this row's result and write its files (also used by lockstep)."""
         result = RunResult(self.resolved.name, self.resolved.run_key, self.run_dir, evaluation.mean,
-                           evaluation.per_image, history, train_seconds, time.perf_counter() - t1,
-                           self.train_cfg.mode, evaluation.examples)
-        self._save_result(result, model)
+                           evaluation.per_image, history, train_seconds, eval_seconds,
+                           self.train_cfg.mode if self.resolved.epochs > 0 else "untrained", evaluation.examples,
+                           protocol=self.protocol(), provenance=self.provenance(extra))
+        self._save_result(result, model, evaluation.names)
         return result
+
+    def provenance(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What computed this result: code fingerprint, git commit and dirty flag, weights identity, data."""
+        return {"code_fingerprint": code_fingerprint(), "git": git_state(), "weights_id": weights_id(
+            self.resolved.weights), "data_fingerprint": self.data_fingerprint, "identity": self.identity,
+            "device": str(self.device), "torch": torch.__version__, **(extra or {})}
 
     @torch.no_grad()
     def evaluate(self, model: BinPromptDepth, keep_examples: int = 0) -> EvalResult:
@@ -357,38 +493,49 @@ class Trainer:
 
     # -- files ----------------------------------------------------------------------------------
     def _write_log(self, history: list[dict[str, float]]) -> None:
-        path = self.run_dir / "log.csv"
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.run_dir / "log.csv", buffer.getvalue())
 
-    def _save_result(self, result: RunResult, model: BinPromptDepth) -> None:
+    def _save_result(self, result: RunResult, model: BinPromptDepth, names: list[str] | None = None) -> None:
         _atomic_save(model.prompts.state_dict(), self.run_dir / "prompts.pt")
         if result.examples:
             arrays = {f"{k}_{i}": np.asarray(ex[k]) for i, ex in enumerate(result.examples)
                       for k in ("image", "depth", "pred")}
-            names = np.array([ex["name"] for ex in result.examples])
-            np.savez_compressed(self.run_dir / "examples.npz", **arrays, names=names)
-        payload = {"name": result.name, "run_key": result.run_key, "mode": result.mode,
-                   "experiment": self.resolved.to_dict(), "metrics": result.metrics,
-                   "per_image": result.per_image, "history": result.history,
-                   "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
-        tmp = self.run_dir / ".result.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
-        os.replace(tmp, self.run_dir / "result.json")
+            names_kept = np.array([ex["name"] for ex in result.examples])
 
-    def _load_result(self, path: Path) -> RunResult:
-        data = json.loads(path.read_text())
-        examples = []
-        ex_path = self.run_dir / "examples.npz"
-        if ex_path.is_file():
-            with np.load(ex_path) as z:
-                for i, name in enumerate(z["names"]):
-                    examples.append({"name": str(name), **{k: z[f"{k}_{i}"] for k in ("image", "depth", "pred")}})
-        return RunResult(self.resolved.name, data["run_key"], self.run_dir, data["metrics"], data["per_image"],
-                         data["history"], data["train_seconds"], data["eval_seconds"], data["mode"], examples,
-                         reused=True)
+            def write(tmp: Path) -> None:
+                with tmp.open("wb") as fh:  # a file object: numpy would append ".npz" to a path
+                    np.savez_compressed(fh, **arrays, names=names_kept)
+
+            atomic_write(self.run_dir / "examples.npz", write)
+        payload = {"name": result.name, "run_key": result.run_key, "mode": result.mode,
+                   "protocol": result.protocol, "provenance": result.provenance,
+                   "experiment": self.resolved.to_dict(), "metrics": result.metrics,
+                   "per_image": result.per_image, "test_names": names or [], "history": result.history,
+                   "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
+        atomic_write_json(self.run_dir / "result.json", payload, default=str)
+
+    def _load_result(self, path: Path) -> RunResult | None:
+        """A finished result, or None (with a warning naming the file) if it cannot be read."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            examples = []
+            ex_path = path.parent / "examples.npz"
+            if ex_path.is_file():
+                with np.load(ex_path) as z:
+                    for i, name in enumerate(z["names"]):
+                        examples.append({"name": str(name),
+                                         **{k: z[f"{k}_{i}"] for k in ("image", "depth", "pred")}})
+            return RunResult(self.resolved.name, data["run_key"], path.parent, data["metrics"], data["per_image"],
+                             data["history"], data["train_seconds"], data["eval_seconds"], data["mode"], examples,
+                             reused=True, protocol=data.get("protocol", {}), provenance=data.get("provenance", {}))
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            warnings.warn(f"{path}: damaged result ({type(exc).__name__}: {exc}); recomputing",
+                          DamagedResultWarning, stacklevel=2)
+            return None
 
     def trained_prompts(self) -> dict[str, torch.Tensor]:
         """The final tokens of a finished run (for the nearest-neighbour analysis)."""
@@ -399,9 +546,9 @@ TRAIN_MODES: tuple[str, ...] = ("cached", "faithful")
 
 
 def resolve_row(
-    name: str,
+    name: str | experiments.Experiment,
     profile: str = "demo",
-    mode: str = "cached",
+    mode: str = "faithful",
     epochs: int | None = None,
     weights: str | None = None,
     seed: int | None = None,
@@ -417,7 +564,7 @@ def resolve_row(
     """
     if mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(TRAIN_MODES)}")
-    exp = experiments.get(name)
+    exp = experiments.get(name) if isinstance(name, str) else name
     changes: dict[str, Any] = {}
     if seed is not None and int(seed) != exp.train.seed:
         changes["seed"] = int(seed)
@@ -435,7 +582,7 @@ def resolve_row(
     return experiments.resolve(exp, profile, **overrides)
 
 
-def run_table_row(name: str, profile: str = "demo", mode: str = "cached", epochs: int | None = None,
+def run_table_row(name: str, profile: str = "demo", mode: str = "faithful", epochs: int | None = None,
                   force: bool = False, keep_examples: int = 3, **trainer_kwargs: Any) -> RunResult:
     """Train (when the row trains) and evaluate one paper-table row; reuse a finished identical run."""
     resolved = resolve_row(name, profile, mode, epochs)
