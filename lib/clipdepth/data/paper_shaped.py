@@ -250,7 +250,8 @@ def _write_kitti(raw: Path, depth: Path, n_train: int, n_test: int, lines: dict[
             if i < n_disk:
                 image, metres = _render_kitti(seed, i if split == "train" else TEST_INDEX_OFFSET + i, size)
                 (raw / rgb_rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(raw / rgb_rel, format="PNG")
+                # fast zlib level: the bytes decode the same, and rehearsal roots are written often in tests
+                Image.fromarray(image).save(raw / rgb_rel, format="PNG", compress_level=1)
                 if i not in no_gt:
                     (depth / sub / depth_rel).parent.mkdir(parents=True, exist_ok=True)
                     write_depth_png(depth / sub / depth_rel, metres, KITTI.depth_scale)
