@@ -3,6 +3,12 @@
 Both datasets are "a split list plus two folders"; the subclasses only say where a listed path lives
 and how a frame is cropped. Keeping the bookkeeping here means skips are counted the same way and the
 layout check (``clipdepth data check``) sees exactly what training and evaluation will read.
+
+``subset=N`` keeps the first N lines of the list, in list order, before anything else happens (lines
+without ground truth among them are still skipped and counted). It is what a user rehearsing the
+paper profile on a few downloaded frames needs: the list stays the canonical 24,231 / 654 (NYU) or
+Eigen list, only the first N lines are read, and :attr:`ListDataset.list_length` keeps the full count
+so reports can say "subset: 8 of 24,231 train / 654 test" (:func:`subset_label`).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class CheckReport:
     skipped: Counter = field(default_factory=Counter)
     missing: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
+    #: Lines in the whole list when only the first ``listed`` were checked (``subset``); None = all.
+    list_length: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -58,13 +66,45 @@ class CheckReport:
         """Human-readable report, one finding per line, problems first."""
         out = [f"missing: {m}" for m in self.missing] + [f"bad: {b}" for b in self.bad]
         skips = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        lines = f"{self.listed} lines"
+        if self.list_length is not None and self.list_length != self.listed:
+            lines = f"first {self.listed} of {self.list_length:,} lines"
         out.append(
-            f"{self.dataset} {self.split}: {self.listed} lines in {self.split_file}; "
+            f"{self.dataset} {self.split}: {lines} in {self.split_file}; "
             f"{self.usable} samples, {len(self.missing)} missing files, {len(self.bad)} unreadable or "
             f"invalid samples; skipped lines: {skips}"
         )
         out.append("OK" if self.ok else "PROBLEMS FOUND")
         return out
+
+
+def check_subset(subset: int | None, split_file: Path, list_length: int) -> int | None:
+    """Validate ``subset`` against a list of ``list_length`` lines; None means the whole list.
+
+    A subset larger than the list is an error rather than "the whole list": a user who asked for
+    1,000 frames of a 654-line list has the wrong list or the wrong number, and a run labelled
+    "subset: 1000" that used 654 frames would be mislabelled.
+    """
+    if subset is None:
+        return None
+    if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 1:
+        raise ValueError(f"subset must be a positive number of list lines or None, got {subset!r}")
+    if subset > list_length:
+        raise DataError(
+            f"{split_file}: subset={int(subset)} is larger than the list, which has {list_length:,} lines; "
+            f"use subset <= {list_length} or None for the whole list"
+        )
+    return int(subset)
+
+
+def subset_label(subset: int | None, train_lines: int, test_lines: int) -> str:
+    """Label for reports: ``"subset: 8 of 24,231 train / 654 test"`` (``"full lists: ..."`` without one).
+
+    The counts are the full list lengths (:attr:`ListDataset.list_length`), so a reader of the report
+    sees how small the rehearsal was next to the paper's lists.
+    """
+    lists = f"{train_lines:,} train / {test_lines:,} test"
+    return f"full lists: {lists}" if subset is None else f"subset: {subset:,} of {lists}"
 
 
 class ListDataset:
@@ -73,6 +113,8 @@ class ListDataset:
     ``on_missing="error"`` (default) refuses to build when a listed file does not exist, naming the
     first few, because a silently shorter test set changes the metrics; ``"skip"`` drops those lines
     and counts them in :attr:`skip_reasons`. Lines with depth ``None`` are always skipped and counted.
+    ``subset=N`` uses only the first N lines of the list (see the module docstring); :attr:`listed`
+    holds the lines in use and :attr:`list_length` the length of the whole list.
     """
 
     spec: DatasetSpec
@@ -85,6 +127,7 @@ class ListDataset:
         *,
         on_missing: str = "error",
         fetch: bool = True,
+        subset: int | None = None,
     ) -> None:
         if on_missing not in ("error", "skip"):
             raise ValueError(f"on_missing must be 'error' or 'skip', not {on_missing!r}")
@@ -92,7 +135,10 @@ class ListDataset:
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
         self.split = split
         self.split_file = resolve_split_list(self.spec.name, split, root, split_file, fetch=fetch)
-        self.listed = read_split_list(self.split_file, self.spec.focal)
+        lines = read_split_list(self.split_file, self.spec.focal)
+        self.list_length = len(lines)
+        self.subset = check_subset(subset, self.split_file, self.list_length)
+        self.listed = lines if self.subset is None else lines[: self.subset]
         self.skip_reasons: Counter = Counter()
         self.skipped_lines: list[tuple[int, str]] = []
         self.missing: list[Path] = []
@@ -115,9 +161,10 @@ class ListDataset:
         if self.missing and on_missing == "error":
             shown = "\n  ".join(f"line {n}: {p}" for n, p in self._missing_lines[:5])
             more = f"\n  ... and {len(self.missing) - 5} more" if len(self.missing) > 5 else ""
+            hint = " (to read only the first N lines of the list, pass subset=N)" if self.subset is None else ""
             raise DataError(
                 f"{self.split_file}: {len(self.missing)} listed file(s) are missing; the list points at "
-                f"files that do not exist:\n  {shown}{more}"
+                f"files that do not exist{hint}:\n  {shown}{more}"
             )
 
     # -- hooks for subclasses -------------------------------------------------------------------
@@ -182,6 +229,7 @@ class ListDataset:
             usable=0,
             skipped=Counter(self.skip_reasons),
             missing=self.missing_report(),
+            list_length=self.list_length,
         )
         indices = range(len(self))
         if progress:

@@ -27,10 +27,20 @@ def add_parser(subparsers) -> None:
     check.add_argument("--depth-root", help="KITTI annotated depth (default ROOT/data_depth_annotated)")
     check.add_argument("--no-decode", action="store_true", help="only check that listed files exist")
     check.add_argument("--no-fetch", action="store_true", help="never download the canonical split list")
+    check.add_argument("--subset", type=_positive_int, metavar="N", help="check only the first N lines of each list")
     check.set_defaults(func=_cmd_check)
 
     synth = sub.add_parser("synth", help="render procedural RGB-D scenes in the NYU or KITTI layout")
-    synth.add_argument("--family", choices=["indoor", "outdoor"], required=True)
+    synth.add_argument("--family", choices=["indoor", "outdoor"], help="scene family (not with --paper-shaped)")
+    synth.add_argument(
+        "--paper-shaped",
+        action="store_true",
+        help="write OUT/nyu, OUT/kitti/raw, OUT/kitti/depth as the paper profile reads them: full-length "
+        "lists, only the first --train/--test frames on disk (rehearse with CLIPDEPTH_DATA_DIR=OUT, --subset)",
+    )
+    synth.add_argument(
+        "--list-lines", type=int, metavar="N", help="--paper-shaped: lists of N lines instead of the real lengths"
+    )
     synth.add_argument("--out", required=True)
     synth.add_argument("--train", type=int, required=True, help="number of training frames")
     synth.add_argument("--test", type=int, required=True, help="number of test frames")
@@ -58,6 +68,14 @@ def _err(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for a count of list lines: a usage error (exit 2) for 0 or less."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of list lines, got {value}")
+    return value
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .kitti import KITTIEigen
     from .nyu import NYUDepthV2
@@ -71,7 +89,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         try:
             if args.dataset == "nyu":
                 reader = NYUDepthV2(
-                    args.root, split, args.split_file, on_missing="skip", fetch=not args.no_fetch
+                    args.root, split, args.split_file, on_missing="skip", fetch=not args.no_fetch, subset=args.subset
                 )
             else:
                 reader = KITTIEigen(
@@ -81,6 +99,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     args.split_file,
                     on_missing="skip",
                     fetch=not args.no_fetch,
+                    subset=args.subset,
                 )
         except DataError as exc:
             _err(str(exc))
@@ -97,6 +116,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 len(reader),
                 skipped=reader.skip_reasons,
                 missing=reader.missing_report(),
+                list_length=reader.list_length,
             )
         else:
             report = reader.check(progress=sys.stderr.isatty())
@@ -112,6 +132,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     if args.train < 0 or args.test < 0:
         _err("--train and --test must be >= 0")
+        return 2
+    if args.paper_shaped:
+        return _synth_paper_shaped(args)
+    if args.family is None:
+        _err("--family is required (or use --paper-shaped)")
+        return 2
+    if args.list_lines is not None:
+        _err("--list-lines needs --paper-shaped")
         return 2
     try:
         root = ensure_synthetic_dataset(
@@ -129,6 +157,30 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         return 2
     layout = "NYU (BTS)" if args.family == "indoor" else "KITTI (Eigen/BTS)"
     print(f"{root}: {args.train} train + {args.test} test {args.family} frames in the {layout} layout")
+    return 0
+
+
+def _synth_paper_shaped(args: argparse.Namespace) -> int:
+    from .paper_shaped import LIST_KEYS, write_paper_shaped
+
+    given = [f for f, v in (("--family", args.family), ("--size", args.size), ("--lidar", args.lidar)) if v]
+    if given:
+        _err(f"--paper-shaped writes fixed layouts and sizes; drop {', '.join(given)}")
+        return 2
+    lines = None if args.list_lines is None else dict.fromkeys(LIST_KEYS, args.list_lines)
+    try:
+        info = write_paper_shaped(args.out, args.train, args.test, lines, seed=args.seed)
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    for name in ("nyu", "kitti"):
+        counts = info[name]["splits"]
+        print(
+            f"{info[name]['root']}: {name} lists of {counts['train']['count']:,} train / "
+            f"{counts['test']['count']:,} test lines; the first {args.train} / {args.test} exist on disk"
+        )
+    most = min(args.train, args.test)
+    print(f"rehearse the paper profile with CLIPDEPTH_DATA_DIR={info['root']} and --subset <= {most}")
     return 0
 
 

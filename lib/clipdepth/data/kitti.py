@@ -53,7 +53,8 @@ class KITTIEigen(ListDataset):
     """KITTI Eigen split from BTS lists; samples are KB-cropped image and depth (see module docstring).
 
     ``crop=False`` returns full frames (for visualisation). :attr:`skipped` counts lines without
-    ground truth; :attr:`skip_reasons` breaks that down.
+    ground truth; :attr:`skip_reasons` breaks that down. ``subset=N`` reads only the first N lines of
+    the list; ``None`` lines among them are skipped and counted as usual.
     """
 
     spec = KITTI
@@ -68,6 +69,7 @@ class KITTIEigen(ListDataset):
         crop: bool = True,
         on_missing: str = "error",
         fetch: bool = True,
+        subset: int | None = None,
     ) -> None:
         self.raw_root = require_dir(raw_root, "KITTI raw root")
         self.depth_root = require_dir(
@@ -75,7 +77,7 @@ class KITTIEigen(ListDataset):
             "KITTI annotated depth root",
         )
         self.crop = crop
-        super().__init__(self.raw_root, split, split_file, on_missing=on_missing, fetch=fetch)
+        super().__init__(self.raw_root, split, split_file, on_missing=on_missing, fetch=fetch, subset=subset)
 
     def _skip_reason(self, entry: ListEntry) -> str | None:
         if "/image_03/" in f"/{entry.rgb}":

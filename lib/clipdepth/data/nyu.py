@@ -70,7 +70,8 @@ class NYUDepthV2(ListDataset):
     ``root`` may also be the ``sync`` or ``official_splits/test`` folder itself. Without
     ``split_file`` the list is found as described in :mod:`clipdepth.data.splits`. Samples are full
     480x640 frames; the training border crop :data:`NYU_BORDER_CROP` is applied by the train
-    transforms, not here, so that evaluation sees the whole frame as in the paper.
+    transforms, not here, so that evaluation sees the whole frame as in the paper. ``subset=N`` reads
+    only the first N lines of the list (:class:`~clipdepth.data.base.ListDataset`).
     """
 
     spec = NYU
@@ -83,11 +84,12 @@ class NYUDepthV2(ListDataset):
         *,
         on_missing: str = "error",
         fetch: bool = True,
+        subset: int | None = None,
     ) -> None:
         self.root = require_dir(root, "NYU Depth v2 root")
         sub = self.root / ("sync" if split == "train" else "official_splits/test")
         self.data_dir = sub if sub.is_dir() else self.root
-        super().__init__(self.root, split, split_file, on_missing=on_missing, fetch=fetch)
+        super().__init__(self.root, split, split_file, on_missing=on_missing, fetch=fetch, subset=subset)
 
     def _resolve(self, entry: ListEntry) -> Resolved:
         assert entry.depth is not None
