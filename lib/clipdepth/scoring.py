@@ -615,7 +615,7 @@ def write_outputs(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
-    result.table().to_csv(buf, index=False, float_format="%.10g")
+    result.table().to_csv(buf, index=False)  # repr floats: the CSV round-trips exactly
     csv_path = atomic_write_text(folder / "per_image.csv", buf.getvalue())
     summary = {
         "settings": result.settings,
