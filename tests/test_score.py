@@ -291,7 +291,6 @@ def test_resize_matches_the_evaluate_path(nyu, tmp_path):
     # and by hand: bilinear, align_corners=True, after clamping
     name = NYU_NAMES[0]
     full = upsample(torch.from_numpy(np.clip(low[name], 1e-3, 10.0))[None, None], (480, 640))
-    assert result.per_image[0] != compute_metrics(full, nyu["gt"][name], crop="eigen_nyu")  # last was depthclip
     eigen = score_predictions(path, "nyu", nyu["root"], split_file=nyu["split"], resize=True)
     assert eigen.per_image[0] == compute_metrics(full, nyu["gt"][name], crop="eigen_nyu")
 
@@ -397,6 +396,11 @@ def test_bad_files_and_arguments(nyu, nyu_preds, tmp_path, capsys):
     assert rc == 2 and "--compare 't9'" in _one_error(err)
     rc, _, err = _run(capsys, *_nyu_args(nyu, tmp_path / "nowhere"))
     assert rc == 1 and "predictions path does not exist" in _one_error(err)
+    rc, _, err = _run(capsys, nyu_preds, "--dataset", "nyu", "--root", tmp_path / "no_root")
+    assert rc == 1 and _one_error(err) == f"error: {tmp_path / 'no_root'}: NYU Depth v2 root does not exist"
+    (nyu["split"].parent / "short.txt").write_text(nyu["split"].read_text() + "kitchen/rgb_00001.jpg kitchen/d.png 1\n")
+    rc, _, err = _run(capsys, *_nyu_args(nyu, nyu_preds)[:5], "--split-file", nyu["split"].parent / "short.txt")
+    assert rc == 1 and "2 listed file(s) are missing" in _one_error(err) and "kitchen/rgb_00001.jpg" in err
     np.savez(nyu_preds / "bedroom/rgb_00059.npz", a=np.ones((480, 640)), b=np.ones((480, 640)))
     (nyu_preds / "bedroom/rgb_00059.npy").unlink()
     rc, _, err = _run(capsys, *_nyu_args(nyu, nyu_preds))

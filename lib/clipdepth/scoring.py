@@ -258,12 +258,10 @@ def _npz_bundle_predictions(path: Path) -> Predictions:
             keys = list(npz.files)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ScoreError(f"{path}: cannot read as .npz ({exc})") from None
-    cache: dict[str, Any] = {}
 
     def read(key: str) -> np.ndarray:
-        if "npz" not in cache:  # one open handle; arrays are decompressed one at a time
-            cache["npz"] = np.load(path, allow_pickle=False)
-        return cache["npz"][key]
+        with np.load(path, allow_pickle=False) as npz:  # reads the zip directory, then one array
+            return npz[key]
 
     sources: dict[str, str] = {}
     loaders: dict[str, Any] = {}
@@ -343,7 +341,7 @@ def open_test_set(
             return NYUDepthV2(root, "test", split_file, fetch=fetch)
         return KITTIEigen(root, depth_root, "test", split_file, crop=False, fetch=fetch)
     except DataError as exc:
-        raise ScoreError(str(exc).splitlines()[0]) from None
+        raise ScoreError(" ".join(line.strip() for line in str(exc).splitlines())) from None
 
 
 def _aliases(reader: ListDataset) -> dict[str, str]:
