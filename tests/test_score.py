@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -382,6 +383,20 @@ def test_invalid_values(nyu, nyu_preds, capsys, value, message):
     rc, _, err = _run(capsys, *_nyu_args(nyu, nyu_preds))
     line = _one_error(err)
     assert rc == 1 and line == f"error: {bad}: prediction has {message}"
+
+
+def test_unscorable_image_and_broken_ground_truth(nyu, nyu_preds, tmp_path, capsys):
+    # median scaling turns off the range clamp, so the zeros at rows 0-2 are scored under `none`
+    rc, _, err = _run(capsys, *_nyu_args(nyu, nyu_preds, "--protocol", "none", "--median-scaling"))
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 2  # one line per image
+    assert lines[0] == (f"error: {nyu_preds / 'bathroom/rgb_00045.npy'}: cannot score 'bathroom/rgb_00045': "
+                        "prediction has non-positive or non-finite values at valid pixels; clamp first")
+    broken = tmp_path / "nyu_copy"
+    shutil.copytree(nyu["root"], broken)
+    (broken / "official_splits/test/bedroom/sync_depth_00059.png").write_bytes(b"not a png")
+    rc, _, err = _run(capsys, *_nyu_args(nyu, nyu_preds)[:3], "--root", broken, "--split-file", broken / "my_test.txt")
+    assert rc == 1 and "sync_depth_00059.png: cannot decode depth map" in _one_error(err)
 
 
 def test_bad_files_and_arguments(nyu, nyu_preds, tmp_path, capsys):

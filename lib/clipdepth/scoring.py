@@ -425,14 +425,13 @@ def place_prediction(
     return upsample(low, gt_shape)
 
 
-def _samples(reader: ListDataset, progress: bool) -> Iterator[tuple[int, Any]]:
-    indices: Any = range(len(reader))
+def _indices(n: int, progress: bool) -> Iterator[int]:
+    indices: Any = range(n)
     if progress:
         from tqdm.auto import tqdm  # progress bar only on a terminal
 
         indices = tqdm(indices, desc="score", unit="image", leave=False)
-    for i in indices:
-        yield i, reader[i]
+    yield from indices
 
 
 def score_predictions(
@@ -483,9 +482,14 @@ def score_predictions(
     sums: list[dict[str, float]] = []
     sources: list[str] = []
     problems: list[str] = []
-    for _, sample in _samples(reader, progress):
-        pred_name = matched[sample.name]
+    for i in _indices(len(reader), progress):
+        pred_name = matched[test_names[i]]
         where = preds.sources[pred_name]
+        try:
+            sample = reader[i]
+        except DataError as exc:  # unreadable or empty ground truth: named by the reader
+            problems.append(" ".join(line.strip() for line in str(exc).splitlines()))
+            continue
         raw_depth = np.asarray(sample.depth, dtype=np.float64)
         gt = kb_crop(raw_depth) if dataset == "kitti" else raw_depth
         try:
