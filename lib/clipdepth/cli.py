@@ -16,6 +16,7 @@ _GROUPS: tuple[tuple[str, str], ...] = (
     ("clipdepth.data.cli", "data"),
     ("clipdepth.experiments", "experiments"),
     ("clipdepth.bench", "bench"),
+    ("clipdepth.scoring", "score"),
 )
 
 

@@ -1,0 +1,7 @@
+"""``python -m clipdepth ...``: the same console entry point as the installed ``clipdepth`` script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
