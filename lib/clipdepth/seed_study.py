@@ -289,10 +289,14 @@ def display_claims_table(table: pd.DataFrame, decimals: int = 3) -> pd.DataFrame
     })
 
 
-def _linthresh(values: Iterable[float]) -> float:
-    """Linear range of the symlog axis: the smallest non-zero magnitude shown, so no claim hides in it."""
-    mags = [abs(v) for v in values if v is not None and not math.isnan(v) and v != 0.0]
-    return max(min(mags), 1e-6) if mags else 1e-3
+def _linthresh(paper: Iterable[float], ours: Iterable[float]) -> float:
+    """Linear range of the symlog axis: the smallest non-zero published difference, so every claim the
+    paper makes is at least at the edge of the linear range and the decades above it stay readable."""
+    for values in (paper, ours):
+        mags = [abs(v) for v in values if v is not None and not math.isnan(v) and v != 0.0]
+        if mags:
+            return max(min(mags), 1e-6)
+    return 1e-3
 
 
 def forest_plot(claims: pd.DataFrame, scale: str = "symlog", title: str | None = None):
@@ -328,13 +332,22 @@ def forest_plot(claims: pd.DataFrame, scale: str = "symlog", title: str | None =
         ax.axvline(0.0, color="k", ls="--", lw=0.8)
         ax.set_yticks(y, list(part["claim"]))
         ax.set_ylim(len(part) - 0.5, -0.6)
+        shown = [v for col in ("paper_delta", "ours_mean", "ours_low", "ours_high", "bootstrap_low", "bootstrap_high")
+                 for v in part[col] if not math.isnan(v)] + [0.0]
+        lo, hi = min(shown), max(shown)
         if scale == "symlog":
-            shown = [*part["ours_mean"], *part["paper_delta"], *part["ours_low"], *part["ours_high"]]
-            ax.set_xscale("symlog", linthresh=_linthresh(shown))
+            linthresh = _linthresh(part["paper_delta"], part["ours_mean"])
+            ax.set_xscale("symlog", linthresh=linthresh)
+            # Pad by a factor in the log decades (or by the linear range when a side is empty).
+            ax.set_xlim(lo * 1.6 if lo < -linthresh else -linthresh, hi * 1.6 if hi > linthresh else linthresh)
+        else:
+            pad = 0.05 * (hi - lo) or 1e-3
+            ax.set_xlim(lo - pad, hi + pad)
         ax.set_xlabel(f"{metric}: better − worse" + (" (symlog axis)" if scale == "symlog" else ""))
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].legend(loc="best", fontsize="small")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.7 / fig.get_figheight(), 1.0, 1.0))
     return fig
