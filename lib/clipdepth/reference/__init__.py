@@ -12,6 +12,8 @@ Files (one per published table):
 - ``depthclip.csv``: the DepthCLIP zero-shot NYU row (Zhang et al. 2022, their Table 1).
 - ``table8.csv``: paper Table 8 (= poster Table 4), the four nearest neighbours of each learned
   depth token in CLIP prompt space with their distances (long format, one row per neighbour).
+- ``claims.csv``: the comparisons the paper draws between its rows (which is better, on which metric,
+  with the sentence that says so); loaded and checked by :mod:`clipdepth.reference.claims`.
 
 Metric columns use *our* metric names (those of :mod:`clipdepth.metrics`), not the paper's
 headers; see :data:`PAPER_METRIC_NOTE` for the one column whose name misleads.
