@@ -37,7 +37,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
@@ -586,6 +586,15 @@ def _job_outcome(job: submitit.Job, unit: WorkUnit, slurm: bool, t0: float) -> U
 _RUNNING_STATES = ("RUNNING", "COMPLETING")
 
 
+def _submit(executor: str, submit: Callable[..., Any], *args: Any) -> Any:
+    """``submit(*args)``; a refused submission (sbatch's error: bad partition, account...) becomes one line."""
+    try:
+        return submit(*args)
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as exc:
+        last = _tail(str(exc), 1) or type(exc).__name__
+        raise ExecutorError(f"{executor}: the submission was refused: {last}") from None
+
+
 def _run_submitit(todo: list[WorkUnit], logs_dir: Path, options: ExecutorOptions, gpus: Sequence[str] | None,
                   poll_s: float, progress: _Progress) -> list[UnitOutcome]:
     """Submit ``todo`` (Slurm: one job array; LocalExecutor: ``jobs`` at a time, GPUs round robin) and wait."""
@@ -603,7 +612,7 @@ def _run_submitit(todo: list[WorkUnit], logs_dir: Path, options: ExecutorOptions
     try:
         with _pythonpath(_import_roots(todo)):
             if slurm:
-                jobs = executor.submit_array([SubmittedUnit(u) for u in todo])
+                jobs = _submit(options.executor, executor.submit_array, [SubmittedUnit(u) for u in todo])
                 t0 = time.perf_counter()
                 running = {u.key: (job, u, 0, t0) for u, job in zip(todo, jobs, strict=True)}
                 queue.clear()
@@ -617,7 +626,7 @@ def _run_submitit(todo: list[WorkUnit], logs_dir: Path, options: ExecutorOptions
                     unit = queue.popleft()
                     if gpus and not slurm:
                         executor.update_parameters(gpus_per_node=1, visible_gpus=[gpu_ids[slot % len(gpu_ids)]])
-                    job = executor.submit(SubmittedUnit(unit))
+                    job = _submit(options.executor, executor.submit, SubmittedUnit(unit))
                     running[unit.key] = (job, unit, slot, time.perf_counter())
                     progress.say(f"  submitted {unit.label}: job {job.job_id}, log {job.paths.stdout}")
                 pending = len(queue)
