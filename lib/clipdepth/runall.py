@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .executors import ExecutorError, add_executor_arguments, options_from_args
+
 __all__ = [
     "NOTEBOOK_GLOB",
     "NotebookParameterError",
@@ -361,7 +363,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="demo", help="demo (default: offline, CPU, minutes) or paper")
     parser.add_argument("--only", action="append", default=[], metavar="NAMES",
                         help="comma-separated notebooks to run: full names, NN prefixes or name parts")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks run in parallel (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="notebooks run in parallel, and with --executor local/submitit-local also row groups "
+                             "(default 1)")
     parser.add_argument("--force", action="store_true", help="re-run finished experiments instead of reusing them")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a notebook parameter in every notebook that has it")
@@ -370,6 +374,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=int, default=None, metavar="S",
                         help="papermill per-cell execution timeout in seconds (default: none)")
+    add_executor_arguments(parser)
     return parser
 
 
@@ -472,6 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``./run_all.sh``; returns the exit status (see module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    try:  # first: `--executor slurm` on a machine without Slurm must fail before anything runs
+        executor_options = options_from_args(args)
+    except ExecutorError as exc:
+        print(f"run_all: error: {exc}", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
     force_since = time.time()
     started_at = _now()
@@ -615,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "command": shlex.join(["./run_all.sh", *argv]),
         "jobs": args.jobs,
+        "executor": executor_options.executor,
         "notebooks": {j.name: {"status": j.status, "seconds": round(j.seconds, 1), "error": j.error,
                                "parameters": j.parameters} for j in jobs},
         **env_info,
