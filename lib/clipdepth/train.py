@@ -133,6 +133,34 @@ def _bn_buffers(model: BinPromptDepth) -> dict[str, torch.Tensor]:
             if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
+def make_optimiser(model: BinPromptDepth, cfg: experiments.TrainConfig, steps: int) -> tuple[list, Any, Any]:
+    """The authors' optimiser: AdamW on the tokens and OneCycleLR over ``steps`` optimiser steps."""
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=cfg.pct_start,
+        anneal_strategy=cfg.anneal_strategy, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+        base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum,
+    )
+    return params, opt, sched
+
+
+def optimiser_step(model: BinPromptDepth, params: list, opt, sched, feats: torch.Tensor, target: SILogTarget,
+                   grad_clip: float, forward_context: Callable[[], Any] = contextlib.nullcontext) -> float:
+    """One step of the authors' Lightning loop on precomputed dense features: text encoder + head, SILog
+    (the forward inside ``forward_context``, e.g. bf16 autocast), backward, grad-norm clip, AdamW step,
+    OneCycle step. Returns the loss."""
+    with forward_context():
+        depth = model.forward_features(feats)
+    loss = target(depth.float())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def batch_order(seed: int, epoch: int, n: int, batch_size: int) -> list[list[int]]:
     """Shuffled batches of one epoch, derived from (seed, epoch) only (no global RNG)."""
     order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
@@ -319,25 +347,12 @@ class Trainer:
 
     def optimiser_step(self, model: BinPromptDepth, params: list, opt, sched, feats: torch.Tensor,
                        target: torch.Tensor | SILogTarget) -> float:
-        """One step of the authors' loop: loss, backward, grad-norm clip, AdamW, OneCycle; returns the loss."""
-        loss = self.step_loss(model, feats, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
-        opt.step()
-        sched.step()
-        return loss.item()
+        """One step of the authors' loop on precomputed features (see :func:`optimiser_step`)."""
+        target = target if isinstance(target, SILogTarget) else self.loss_target(target, feats)
+        return optimiser_step(model, params, opt, sched, feats, target, self.train_cfg.grad_clip, self._autocast)
 
     def _optimiser(self, model: BinPromptDepth, steps: int):
-        cfg = self.train_cfg
-        params = model.trainable_parameters()
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=cfg.pct_start,
-            anneal_strategy=cfg.anneal_strategy, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-            base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum,
-        )
-        return params, opt, sched
+        return make_optimiser(model, self.train_cfg, steps)
 
     def _batches(self, model: BinPromptDepth, epoch: int, train_ds, views) -> Iterator[tuple[torch.Tensor, ...]]:
         n = len(train_ds) if train_ds is not None else len(views[0])
