@@ -2,7 +2,9 @@
 
 Every supported format is written from ONE random-init RN50-quickgelu model whose weights are
 rounded to fp16-representable values (OpenAI's release is fp16), and each file must load into a
-network with bit-identical weights, dense features and text features.
+network with bit-identical weights, dense features and text features. The ``.bin`` holds fp32
+values, the safetensors and wrapped files fp16 and the TorchScript archive OpenAI's mix, so the cast
+to the model's fp32 is exercised as well.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import open_clip
@@ -33,7 +37,7 @@ FORMATS = {
     "openai_torchscript": ("RN50.pt", "torchscript"),
     "open_clip_bin": ("open_clip_pytorch_model.bin", "torch"),
     "open_clip_safetensors": ("open_clip_model.safetensors", "safetensors"),
-    "wrapped_module_prefix_fp16": ("epoch_3.pth", "torch"),
+    "wrapped_module_prefix": ("epoch_3.pth", "torch"),
     "safetensors_misnamed": ("weights.pt", "safetensors"),
 }
 
@@ -89,21 +93,25 @@ def source() -> open_clip.CLIP:
 
 
 @pytest.fixture(scope="module")
-def files(source, tmp_path_factory) -> dict[str, Path]:
-    """Each format once (a plain ``torch.save`` of the state dict is what open_clip's ``.bin`` is)."""
+def files(source, tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """Each format once (a plain ``torch.save`` of the state dict is what open_clip's ``.bin`` is).
+
+    About 1 GB in all (RN50 CLIP is 102 M parameters), so the folder is removed afterwards.
+    """
     folder = tmp_path_factory.mktemp("checkpoints")
     state = {k: v.clone() for k, v in source.state_dict().items()}
     paths = {name: folder / filename for name, (filename, _) in FORMATS.items()}
     write_openai_archive(source, paths["openai_torchscript"])
     torch.save(state, paths["open_clip_bin"])
-    save_file(state, str(paths["open_clip_safetensors"]))
-    # a training script's checkpoint: wrapped, DataParallel prefix, fp16 values (exact: they were rounded)
-    half = {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in state.items()}
-    torch.save({"epoch": 3, "state_dict": half,
+    half_state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # exact: values were rounded
+    save_file(half_state, str(paths["open_clip_safetensors"]))
+    # a training script's checkpoint: wrapped, with DataParallel's prefix
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in half_state.items()},
                 "optimizer": {"state": {}, "param_groups": [{"lr": 3.57e-4, "params": [0, 1]}]}},
-               paths["wrapped_module_prefix_fp16"])
+               paths["wrapped_module_prefix"])
     os.link(paths["open_clip_safetensors"], paths["safetensors_misnamed"])  # the format comes from the bytes
-    return paths
+    yield paths
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

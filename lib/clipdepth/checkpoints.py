@@ -38,7 +38,7 @@ from typing import Any
 import open_clip
 import torch
 
-from .atomic import atomic_write_json, file_lock
+from .atomic import LockTimeout, atomic_write_json, file_lock
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -361,7 +361,7 @@ def _cached_sha256(path: Path) -> str:
         return entry["sha256"]
     digest = file_sha256(path)
     _MEMO[key] = digest
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, LockTimeout):
         with file_lock(cache, timeout=30, what="weights id cache"):
             table = {name: entry for name, entry in _read_cache(cache).items() if Path(name).is_file()}
             table[absolute] = {**record, "sha256": digest}
