@@ -37,6 +37,8 @@ from typing import Any
 
 import open_clip
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from .atomic import LockTimeout, atomic_write_json, file_lock
 
@@ -173,9 +175,6 @@ def checkpoint_format(path: str | os.PathLike[str]) -> str:
 def _read_raw(path: Path, fmt: str) -> Any:
     """The object stored in the file, read without executing pickled Python."""
     if fmt == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
