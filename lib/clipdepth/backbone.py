@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Literal
 
 import open_clip
@@ -21,6 +20,12 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import Bottleneck, ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
+
+# CheckpointError, WeightsUnavailableError and weights_id are re-exported: callers import them from here.
+from .checkpoints import CheckpointError as CheckpointError
+from .checkpoints import WeightsUnavailableError as WeightsUnavailableError
+from .checkpoints import checkpoint_format, looks_like_file, read_state_dict
+from .checkpoints import weights_id as weights_id
 
 SUPPORTED_ARCHS: tuple[str, ...] = ("RN50-quickgelu", "RN101-quickgelu", "ViT-B-32-quickgelu", "ViT-B-16")
 
@@ -37,10 +42,6 @@ IMAGE_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 DenseMode = Literal["depthclip", "maskclip", "tokens"]
 DENSE_MODES: tuple[str, ...] = ("depthclip", "maskclip", "tokens")
 BN_POLICIES: tuple[str, ...] = ("frozen", "adapt")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Raised when named pretrained weights cannot be obtained (offline, unknown tag, bad file)."""
 
 
 def _redraw_residual_bn(model: nn.Module, seed: int) -> None:
@@ -81,7 +82,11 @@ def load_clip(
     ``weights`` is ``None`` (random init of the real architecture, seeded: the offline demo profile and
     the tests; residual-branch BatchNorm weights are re-drawn so no branch is dead, see
     ``_redraw_residual_bn``), a path to a local checkpoint file, or an open_clip pretrained tag such as
-    ``"openai"`` (downloaded into open_clip's cache where the network allows). Use the ``-quickgelu``
+    ``"openai"`` (downloaded into open_clip's cache where the network allows). A file may be OpenAI's
+    TorchScript archive (``RN50.pt`` as ``clip.load`` caches it), open_clip's
+    ``open_clip_pytorch_model.bin`` / ``open_clip_model.safetensors``, or a plain state dict (also as
+    ``{"state_dict": ...}`` or with a ``module.`` prefix); see :mod:`clipdepth.checkpoints`, which
+    raises a one-line :class:`CheckpointError` for anything else. Use the ``-quickgelu``
     configs with OpenAI weights: the plain ``RN50`` config uses a different activation.
     """
     if arch not in SUPPORTED_ARCHS:
@@ -99,14 +104,15 @@ def load_clip(
 
 
 def _load_pretrained(arch: str, weights: str | os.PathLike[str]) -> open_clip.CLIP:
-    path = Path(weights).expanduser()
-    if path.suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"} or os.sep in str(weights):
-        if not path.is_file():
-            raise WeightsUnavailableError(f"weights file {path} does not exist")
-        try:
-            return open_clip.create_model(arch, pretrained=str(path))
-        except Exception as exc:  # open_clip raises many kinds for a bad file
-            raise WeightsUnavailableError(f"could not load {arch} weights from {path}: {exc}") from exc
+    """A model with real weights: from a local file of any format ``checkpoints`` reads, or an
+    open_clip tag fetched through open_clip's cache."""
+    if looks_like_file(weights):
+        checkpoint_format(weights)  # a missing or unreadable file fails here, before a model is built
+        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+            model = open_clip.create_model(arch, pretrained=None)  # its random init is overwritten below
+        state = read_state_dict(weights, arch, expected=model.state_dict())
+        model.load_state_dict(state, strict=True)
+        return model
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if str(weights) not in tags:
         raise WeightsUnavailableError(
@@ -121,26 +127,6 @@ def _load_pretrained(arch: str, weights: str | os.PathLike[str]) -> open_clip.CL
             f"open_clip.create_model('{arch}', pretrained='{weights}') fills open_clip's cache) and pass "
             "its local path: load_clip(arch, weights='/path/to/checkpoint.pt')."
         ) from exc
-
-
-def weights_id(weights: str | os.PathLike[str] | None, seed: int = 0) -> str:
-    """A stable identifier of a weights choice, for cache keys and results files.
-
-    Random init is ``random:<seed>``; a file is identified by its SHA-256 (not its path, which moves);
-    a tag by its name.
-    """
-    if weights is None:
-        return f"random:{seed}"
-    path = Path(weights).expanduser()
-    if path.is_file():
-        import hashlib
-
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return f"sha256:{digest.hexdigest()}"
-    return f"tag:{weights}"
 
 
 def text_width(model: open_clip.CLIP) -> int:

@@ -326,7 +326,9 @@ def check_paper_prerequisites(
     if looks_like_file:
         if not path.is_file():
             missing.append(Missing(f"CLIP weights file {path} does not exist",
-                                   "pass the path of a local open_clip RN50 checkpoint with -p weights PATH"))
+                                   "pass a local RN50 checkpoint with -p weights PATH: OpenAI's RN50.pt (TorchScript, "
+                                   "as clip.load caches it), open_clip's open_clip_pytorch_model.bin or "
+                                   "open_clip_model.safetensors, or a state dict .pt/.pth"))
     elif find_cached_weights(arch, str(effective)) is None:
         missing.append(Missing(
             f"CLIP {arch} weights '{effective}' are not in open_clip's cache",
