@@ -12,8 +12,10 @@ one-off cache build, which is reported separately (one faithful image-encoder pa
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import platform
+import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,13 +23,44 @@ from typing import Any
 
 import torch
 
-from .backbone import load_clip
-from .losses import silog_loss
+from . import experiments
+from .atomic import atomic_write_json
+from .backbone import dense_features, load_clip
+from .losses import SILogTarget, silog_loss
 from .methods import learned_prompt_model
 from .prompts import PromptEncoder
+from .train import build_model, make_optimiser, optimiser_step, resolve_row
 
-PAPER_SIZES = {"nyu": {"train": (416, 544), "test": (480, 640), "n_train": 24231, "max_depth": 10.0},
-               "kitti": {"train": (352, 704), "test": (352, 1216), "n_train": 23157, "max_depth": 80.0}}
+PAPER_SIZES = {"nyu": {"train": (416, 544), "test": (480, 640), "n_train": 24231, "n_test": 654,
+                       "max_depth": 10.0},
+               "kitti": {"train": (352, 704), "test": (352, 1216), "n_train": 23157, "n_test": 652,
+                         "max_depth": 80.0}}
+PAPER_TABLES = ("t3", "t4", "t5", "t6", "t7")
+PAPER_EPOCHS = 25
+
+#: How the projection of Tables 3-7 is computed (written into performance.json so a GPU figure can be
+#: plugged into the same formula).
+PROJECTION_FORMULA = (
+    "per dataset d: train = epochs * ceil(n_train_d / batch) * step_d, with step_d = encoder_s + target_s + "
+    "sum_i row_step_s[i] (lockstep) or sum_i (encoder_s + target_s + row_step_s[i]) (separate); "
+    "eval = passes_d * n_test_d * 2 * eval_encoder_s (2 = image and mirror; lockstep: one pass for the "
+    "trained group plus one shared by the untrained rows; separate: one per row); total = sum over d"
+)
+
+
+def distinct_trained_rows(dataset: str, tables: tuple[str, ...] = PAPER_TABLES) -> list[str]:
+    """Registry names of the trained rows of ``tables`` for ``dataset``, one per distinct method
+    (a row printed in several tables is trained once)."""
+    seen: dict[str, str] = {}
+    for exp in experiments.EXPERIMENTS.values():
+        if exp.dataset == dataset and exp.trained and exp.table in tables:
+            seen.setdefault(experiments.config_hash(exp), exp.name)
+    return list(seen.values())
+
+
+def _untrained_rows(dataset: str, tables: tuple[str, ...] = PAPER_TABLES) -> int:
+    return len({experiments.config_hash(e) for e in experiments.EXPERIMENTS.values()
+                if e.dataset == dataset and not e.trained and e.table in tables})
 
 
 def _sync(device: torch.device) -> None:
@@ -123,25 +156,141 @@ def bench_text(clip_model: Any, device: torch.device, repeats: int) -> dict[str,
     return out
 
 
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def bench_lockstep(dataset: str, clip_model: Any, device: torch.device, batch_size: int = 16,
+                   repeats: int = 1) -> dict[str, Any]:
+    """One lockstep step for the distinct trained rows of Tables 3-7 against the same rows stepped
+    separately (each with its own encoder pass), in one run, with the per-part costs.
+
+    Paper sizes, random-init weights, fp32, BN adapt (the faithful protocol). The per-row step is the
+    trainer's own :func:`clipdepth.train.optimiser_step`; "text" is the prompt encoder's forward and
+    backward alone and "head_loss_backward" the rest of the row step (row step minus text).
+    """
+    spec = PAPER_SIZES[dataset]
+    names = distinct_trained_rows(dataset)
+    h, w = spec["train"]
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(batch_size, 3, h, w, generator=gen).to(device)
+    gt = torch.rand(batch_size, 1, h, w, generator=gen) * (spec["max_depth"] - 0.5) + 0.5
+    gt[torch.rand(gt.shape, generator=gen) < 0.2] = 0.0  # pixels without ground truth, as in real data
+    gt = gt.to(device)
+    clip = copy.deepcopy(clip_model)
+    rows = [resolve_row(n, "paper", mode="faithful") for n in names]
+    models = [build_model(r, clip).to(device) for r in rows]
+    for m in models:
+        m.train()
+    optim = [make_optimiser(m, r.train, 10_000) for m, r in zip(models, rows, strict=True)]
+
+    def encode() -> torch.Tensor:
+        with torch.no_grad():
+            return models[0].image_features(images).float()
+
+    feats = encode()
+    size = tuple(feats.shape[-2:])
+    encoder_s = time_call(encode, device, repeats, warmup=0)
+    target_s = time_call(lambda: SILogTarget(gt, size), device, repeats)
+    target = SILogTarget(gt, size)
+    per_row = []
+    for name, model, (params, opt, sched), r in zip(names, models, optim, rows, strict=True):
+        text_s = time_call(lambda m=model: m.text_features().sum().backward(), device, repeats)
+        step_s = time_call(lambda m=model, p=params, o=opt, s=sched, c=r.train.grad_clip:
+                           optimiser_step(m, p, o, s, feats, target, c), device, repeats)
+        per_row.append({"row": name, "prompts": model.prompts.n_prompts, "row_step_s": step_s, "text_s": text_s,
+                        "head_loss_backward_s": max(step_s - text_s, 0.0)})
+
+    def lockstep_step() -> None:
+        f = encode()
+        t = SILogTarget(gt, size)
+        for model, (params, opt, sched), r in zip(models, optim, rows, strict=True):
+            optimiser_step(model, params, opt, sched, f, t, r.train.grad_clip)
+
+    lockstep_s = time_call(lockstep_step, device, repeats, warmup=0)
+    separate_s = 0.0
+    for model, (params, opt, sched), r in zip(models, optim, rows, strict=True):
+        def alone(m=model, p=params, o=opt, s=sched, c=r.train.grad_clip) -> None:
+            f = encode()
+            optimiser_step(m, p, o, s, f, SILogTarget(gt, size), c)
+
+        separate_s += time_call(alone, device, repeats, warmup=0)
+    th, tw = spec["test"]
+    test_image = torch.rand(1, 3, th, tw, generator=gen).to(device)
+    models[0].eval()
+    with torch.no_grad():
+        eval_encoder_s = time_call(lambda: dense_features(clip, test_image, "depthclip"), device, repeats)
+    steps = -(-spec["n_train"] // batch_size)
+    n_rows, n_untrained = len(names), _untrained_rows(dataset)
+    eval_lockstep = 2 * spec["n_test"] * 2 * eval_encoder_s
+    eval_separate = (n_rows + n_untrained) * spec["n_test"] * 2 * eval_encoder_s
+    return {
+        "dataset": dataset, "train_size": [h, w], "batch_size": batch_size, "rows": names,
+        "encoder_s": encoder_s, "target_s": target_s, "per_row": per_row,
+        "lockstep_step_s": lockstep_s, "separate_steps_s": separate_s,
+        "lockstep_speedup": separate_s / lockstep_s,
+        "eval_encoder_s": eval_encoder_s, "steps_per_epoch": steps, "epochs": PAPER_EPOCHS,
+        "projection_s": {
+            "lockstep": PAPER_EPOCHS * steps * lockstep_s + eval_lockstep,
+            "separate_faithful": PAPER_EPOCHS * steps * separate_s + eval_separate,
+        },
+        "untrained_rows": n_untrained,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "peak_memory_note": ("process peak resident set size (CPU) or peak CUDA allocation; a lockstep group "
+                             "holds one batch, its features and the rows' tokens and optimiser states, so it does "
+                             "not grow with the dataset; faithful mode writes nothing per image to disk"),
+    }
+
+
+PARTS: tuple[str, ...] = ("lockstep", "cached", "text")
+
+
 def run_benchmark(datasets: list[str], device: str = "cpu", batch_size: int = 16, repeats: int = 3,
-                  arch: str = "RN50-quickgelu") -> dict[str, Any]:
+                  arch: str = "RN50-quickgelu", parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Every measurement of ``parts`` (lockstep vs separate faithful; faithful vs cached; text encoder)."""
     dev = torch.device(device)
     clip_model = load_clip(arch, weights=None, seed=0, device=dev)
     bf16 = dev.type == "cuda"
     report: dict[str, Any] = {
-        "what": "per-step and per-epoch training time, faithful vs cached; text encoder truncated vs full",
+        "what": "lockstep vs separate faithful steps; faithful vs cached steps; text encoder truncated vs full",
         "arch": arch, "weights": "random init (same FLOPs as the real weights)", "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": repeats,
-        "datasets": {d: bench_dataset(d, clip_model, dev, batch_size, repeats, bf16) for d in datasets},
-        "text_encoder": bench_text(clip_model, dev, repeats),
+        "projection_formula": PROJECTION_FORMULA,
     }
+    if "lockstep" in parts:
+        report["lockstep"] = {d: bench_lockstep(d, clip_model, dev, batch_size, max(1, repeats // 3))
+                              for d in datasets}
+        report["projection_tables_3_7_s"] = {k: sum(v["projection_s"][k] for v in report["lockstep"].values())
+                                             for k in ("lockstep", "separate_faithful")}
+    if "cached" in parts:
+        report["datasets"] = {d: bench_dataset(d, clip_model, dev, batch_size, repeats, bf16) for d in datasets}
+    if "text" in parts:
+        report["text_encoder"] = bench_text(clip_model, dev, repeats)
     return report
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"device: {report['device']} ({report['device_name']}), torch {report['torch']}"]
-    for name, d in report["datasets"].items():
+    for name, d in report.get("lockstep", {}).items():
+        rows = d["per_row"]
+        lines.append(
+            f"{name} lockstep, {len(rows)} trained rows, batch {d['batch_size']} at {d['train_size'][0]}x"
+            f"{d['train_size'][1]}: encoder {d['encoder_s']:.2f} s + rows {sum(r['row_step_s'] for r in rows):.2f} s"
+            f" = {d['lockstep_step_s']:.2f} s/step vs separate {d['separate_steps_s']:.2f} s -> lockstep is "
+            f"{d['lockstep_speedup']:.1f}x faster")
+        for r in rows:
+            lines.append(f"  {r['row']:<26} {r['prompts']:>3} prompts: step {r['row_step_s'] * 1e3:7.1f} ms "
+                         f"(text {r['text_s'] * 1e3:6.1f} ms, "
+                         f"head+loss+backward {r['head_loss_backward_s'] * 1e3:6.1f} ms)")
+    if "projection_tables_3_7_s" in report:
+        proj = report["projection_tables_3_7_s"]
+        lines.append(f"Tables 3-7, {', '.join(report['lockstep'])}, faithful protocol on this device: lockstep "
+                     f"{proj['lockstep'] / 3600:.1f} h vs separate {proj['separate_faithful'] / 3600:.1f} h")
+    for name, d in report.get("datasets", {}).items():
         for precision in ("fp32", "bf16"):
             if precision not in d:
                 continue
@@ -152,7 +301,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 f"cached {r['cached_step_s'] * 1e3:.2f} ms/step ({r['cached_epoch_s']:.1f} s/epoch) "
                 f"-> cached is {r['faithful_over_cached']:.0f}x faster per epoch; "
                 f"one cache view {r['cache_build_per_view_s'] / 60:.1f} min")
-    for words, t in report["text_encoder"].items():
+    for words, t in report.get("text_encoder", {}).items():
         lines.append(f"text encoder {words}: {t['truncated_tokens']} vs {t['full_tokens']} tokens -> "
                      f"truncated is {t['full_over_truncated']:.1f}x faster (forward+backward)")
     return lines
@@ -160,23 +309,34 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 def _cmd(args: argparse.Namespace) -> int:
     datasets = ["nyu", "kitti"] if args.dataset == "both" else [args.dataset]
-    report = run_benchmark(datasets, args.device, args.batch_size, args.repeats, args.arch)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        print(f"error: --parts: unknown {', '.join(bad) or '(empty)'}; valid: {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: CUDA is not available on this machine; use --device cpu",
+              file=sys.stderr)
+        return 2
+    report = run_benchmark(datasets, args.device, args.batch_size, args.repeats, args.arch, parts)
     for line in summary_lines(report):
         print(line)
     out = Path(args.out) if args.out else Path(args.reports_dir) / args.profile / "performance.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    atomic_write_json(out, report)
     print(f"wrote {out}")
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("bench", help="time faithful vs cached training and truncated vs full context")
-    parser.add_argument("--dataset", choices=["nyu", "kitti", "both"], default="both")
+    parser = subparsers.add_parser("bench", help="time lockstep vs separate faithful training, cached mode, context")
+    parser.add_argument("--dataset", choices=["nyu", "kitti", "both"], default="nyu")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", default="RN50-quickgelu")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="comma-separated: lockstep (lockstep vs separate faithful steps, per-part costs, "
+                             "projection of Tables 3-7), cached (faithful vs cached step), text (truncated context)")
     parser.add_argument("--profile", default="demo", help="report folder: reports/<profile>/performance.json")
     parser.add_argument("--reports-dir", default="reports")
     parser.add_argument("--out", default=None, help="write the JSON here instead")
