@@ -7,10 +7,19 @@ Usage (``run_all.sh`` only picks the interpreter and calls ``python -m clipdepth
 
 Why this is Python and not a shell loop over ``papermill``: papermill only *warns* about a misspelt
 parameter and exits 0 (ecosystem.md 1.2), so every ``-p`` name is checked here against each
-notebook's ``parameters`` cell before anything runs; the ``paper`` profile's prerequisites (data
-roots, split lists, weights) are checked within seconds before any long work; and a failing notebook
-must not stop the others. Each notebook still runs through the papermill CLI (``-k python3
---cwd notebooks``), as a user would run it.
+notebook's ``parameters`` cell, and every value against its declared type
+(:data:`clipdepth.params.PARAMETERS`), before anything runs; the ``paper`` profile's prerequisites
+(data roots, split lists, weights, every listed file decoded) are checked before any long work; and
+a failing notebook must not stop the others.
+
+Relative paths (``-p data_dir``, ``-p weights``, any ``*_dir``, ``--reports-dir``) are taken from
+the directory ``./run_all.sh`` was called from (``$CLIPDEPTH_CALLER_CWD``, exported by the script
+before it changes into the repository), resolved once here and passed to the notebooks as absolute
+paths, so the checks and the kernels (which run in ``notebooks/``) see the same files. Parameters
+left at their notebook defaults keep the notebooks' own rule (relative to the repository root).
+
+Each notebook still runs through the papermill CLI (``-k python3 --cwd notebooks``), as a user would
+run it.
 
 Notebooks are discovered as ``notebooks/[0-9][0-9]_*.ipynb``, so new table notebooks join without
 changes here. Outputs, under ``<reports-dir>/<profile>/`` (default ``reports/<profile>/``):
@@ -18,7 +27,8 @@ changes here. Outputs, under ``<reports-dir>/<profile>/`` (default ``reports/<pr
 the notebook), ``logs/<name>.log``, ``run_all.json`` and ``index.html``.
 
 Exit status: 0 all notebooks succeeded; 1 some failed (listed at the end); 2 bad arguments (unknown
-parameter, notebook or profile); 3 the paper profile's prerequisites are missing.
+parameter, a value its declaration does not allow, unknown notebook or profile); 3 the paper
+profile's prerequisites are missing or unusable.
 """
 
 from __future__ import annotations
@@ -39,9 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .params import PARAMETERS, ParameterError, check_parameter
+
 __all__ = [
     "NOTEBOOK_GLOB",
     "NotebookParameterError",
+    "caller_dir",
     "check_paper_prerequisites",
     "discover_notebooks",
     "find_cached_weights",
@@ -82,6 +95,15 @@ def repo_root() -> Path:
         if (candidate / "notebooks").is_dir() and (candidate / "pyproject.toml").is_file():
             return candidate.resolve()
     return Path.cwd()
+
+
+def caller_dir() -> Path:
+    """The directory the user ran ``./run_all.sh`` from: relative paths on the command line mean that.
+
+    ``run_all.sh`` exports it as ``$CLIPDEPTH_CALLER_CWD`` before changing into the repository; run as
+    ``python -m clipdepth.runall`` the cwd is the caller's directory already.
+    """
+    return Path(os.environ.get("CLIPDEPTH_CALLER_CWD") or os.getcwd()).resolve()
 
 
 def discover_notebooks(notebooks_dir: str | os.PathLike[str]) -> list[Path]:
@@ -513,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1:
         return fail("--jobs must be >= 1")
     root = repo_root()
-    notebooks_dir = Path(args.notebooks_dir).resolve() if args.notebooks_dir else root / "notebooks"
+    caller = caller_dir()
+    notebooks_dir = caller / Path(args.notebooks_dir).expanduser() if args.notebooks_dir else root / "notebooks"
     all_notebooks = discover_notebooks(notebooks_dir)
     if not all_notebooks:
         return fail(f"no notebooks matching {NOTEBOOK_GLOB} in {notebooks_dir}")
@@ -541,9 +564,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             return fail(f"unknown parameter {name!r}{hint}; no selected notebook has it. "
                         f"Valid parameter names: {', '.join(valid)}")
-        overrides[name] = parse_value(raw)
+        try:  # type, choices, CUDA present, files exist; paths made absolute from the caller's directory
+            overrides[name] = check_parameter(name, parse_value(raw), caller)
+        except ParameterError as exc:
+            return fail(str(exc))
 
-    reports_root = Path(args.reports_dir).expanduser().resolve() if args.reports_dir else root / "reports"
+    reports_root = Path(os.path.normpath(caller / Path(args.reports_dir).expanduser())) if args.reports_dir \
+        else root / "reports"
     out_dir = reports_root / args.profile
     gpu_ids = _gpu_ids() if args.profile == "paper" else []
     jobs: list[Job] = []
@@ -551,7 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         nb_defaults = defaults[nb.stem]
         params: dict[str, Any] = {}
         for name, value in overrides.items():
-            if name in nb_defaults:
+            if name in PARAMETERS and name in nb_defaults:
+                params[name] = value  # checked against its declaration above
+            elif name in nb_defaults:
                 try:
                     params[name] = _coerce(name, value, nb_defaults[name])
                 except ValueError as exc:
