@@ -30,6 +30,7 @@ __all__ = [
     "ParameterError",
     "check_parameter",
     "cuda_device_count",
+    "looks_like_file",
 ]
 
 #: File suffixes that make a ``weights`` value a checkpoint path rather than an open_clip tag.

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .params import PARAMETERS, ParameterError, check_parameter
+from .params import PARAMETERS, ParameterError, check_parameter, looks_like_file
 
 __all__ = [
     "NOTEBOOK_GLOB",
@@ -369,8 +369,7 @@ def check_paper_prerequisites(
         missing += _check_dataset(dataset, data_dir, decode=decode, workers=workers)
     effective = weights if weights is not None else PROFILES["paper"].weights
     path = Path(str(effective)).expanduser()
-    looks_like_file = path.suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"} or os.sep in str(effective)
-    if looks_like_file:
+    if looks_like_file(str(effective)):
         if not path.is_file():
             missing.append(Missing(f"CLIP weights file {path} does not exist",
                                    "pass the path of a local open_clip RN50 checkpoint with -p weights PATH"))
