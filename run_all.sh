@@ -8,6 +8,8 @@
 # The work is done by `python -m clipdepth.runall` (see its docstring and `./run_all.sh --help`);
 # this wrapper only picks the interpreter: $CLIPDEPTH_PYTHON, else the repository's .venv, else python3.
 set -euo pipefail
+# relative paths on the command line (-p data_dir, -p weights, --reports-dir) mean the caller's directory
+export CLIPDEPTH_CALLER_CWD="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")"
 if [ -n "${CLIPDEPTH_PYTHON:-}" ]; then
   PY="$CLIPDEPTH_PYTHON"

@@ -80,7 +80,7 @@ def test_misspelt_parameter_fails_before_running_anything(tmp_path: Path) -> Non
     ("args", "message"),
     [
         (["-p", "profile", "paper"], "use --profile"),
-        (["-p", "seed", "abc"], "'seed' expects int"),
+        (["-p", "seed", "abc"], "parameter 'seed': 'abc' is not allowed; allowed: an integer >= 0"),
         (["--only", "99_nothing"], "no notebook matches '99_nothing'"),
         (["--profile", "full"], "unknown profile 'full'"),
     ],

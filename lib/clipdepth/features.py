@@ -7,9 +7,16 @@ image encoder, and a training step costs one text-encoder pass and a matmul.
 Layout: ``<root>/<key digest>/`` holds ``features.npy`` (N x C x h x w, float16 by default),
 ``depth.npy`` (N x H x W ground truth as uint16 in the dataset's PNG units, which is exact because
 depth is only ever cropped, flipped or nearest-rotated) and ``manifest.json`` with the key, shapes and
-a BLAKE2 checksum of each array. A folder is written under a temporary name and renamed when
-complete; a folder whose sizes or checksums disagree with its manifest is rebuilt with a warning,
-never read.
+a BLAKE2 checksum of each array. A folder is written under a unique temporary name
+(:func:`clipdepth.atomic.make_temp_dir`: host and pid in the name, the user's umask so a shared cache
+stays shared) and renamed when complete; a folder whose sizes or checksums disagree with its manifest
+is rebuilt with a warning, never read.
+
+Several processes (two notebooks, two ``./run_all.sh``, Slurm jobs on a shared filesystem) may ask for
+the same entry at once. Each build holds the inter-process lock ``<root>/<digest>.lock``, so the second
+process waits and then reuses the first one's entry instead of computing it again; a build first
+removes the temporaries of processes that died mid-build (an entry at paper size is ~11 GB), saying so
+on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .atomic import clean_stale_temporaries, file_lock, make_temp_dir
 
 FEATURES_VERSION = "1"  # bump when the feature computation changes: old caches then miss
 MANIFEST = "manifest.json"
@@ -95,8 +103,12 @@ class FeatureCache:
     def path(self, key: FeatureKey) -> Path:
         return self.root / key.digest()
 
-    def load(self, key: FeatureKey, verify: bool = True) -> CachedFeatures | None:
-        """The entry for ``key``, or ``None`` when absent or damaged (a damaged entry is removed)."""
+    def load(self, key: FeatureKey, verify: bool = True, repair: bool = True) -> CachedFeatures | None:
+        """The entry for ``key``, or ``None`` when absent or damaged.
+
+        With ``repair`` a damaged entry is reported and removed; without it (a look without holding the
+        entry's lock, where another process may be replacing the folder) it is only reported as absent.
+        """
         folder = self.path(key)
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
@@ -118,8 +130,9 @@ class FeatureCache:
         except (OSError, ValueError, KeyError) as exc:
             problem = f"{manifest_path} is unreadable ({exc})"
         if problem:
-            warnings.warn(f"feature cache entry damaged, rebuilding: {problem}", stacklevel=2)
-            shutil.rmtree(folder, ignore_errors=True)
+            if repair:
+                warnings.warn(f"feature cache entry damaged, rebuilding: {problem}", stacklevel=2)
+                shutil.rmtree(folder, ignore_errors=True)
             return None
         feats = np.load(folder / "features.npy", mmap_mode="r")
         depth = np.load(folder / "depth.npy", mmap_mode="r")
@@ -134,12 +147,37 @@ class FeatureCache:
         progress: bool = True,
     ) -> CachedFeatures:
         """Load ``key``'s entry, or build it: ``compute(indices)`` returns the features
-        (``B x C x h x w``) and the depth maps in metres (``B x H x W``) of those samples."""
-        cached = self.load(key)
+        (``B x C x h x w``) and the depth maps in metres (``B x H x W``) of those samples.
+
+        The build holds the entry's inter-process lock: a second process asking for the same entry
+        waits, then loads what the first one wrote (``compute`` is called by one process only).
+        """
+        cached = self.load(key, repair=False)
         if cached is not None and len(cached) == n:
             return cached
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        final = self.path(key)
+        with file_lock(final, what=f"feature cache entry {final}"):
+            cached = self.load(key)  # built by another process while we waited for the lock?
+            if cached is not None and len(cached) == n:
+                return cached
+            clean_stale_temporaries(self.root)
+            self._build(key, n, compute, batch_size, progress, final)
+        loaded = self.load(key, verify=False)
+        assert loaded is not None
+        return loaded
+
+    def _build(
+        self,
+        key: FeatureKey,
+        n: int,
+        compute: Callable[[list[int]], tuple[torch.Tensor, np.ndarray]],
+        batch_size: int,
+        progress: bool,
+        final: Path,
+    ) -> None:
+        """Write the entry into a unique temporary folder and rename it onto ``final`` (lock held)."""
+        tmp = make_temp_dir(final)
         try:
             feats_mm = depth_mm = None
             for start in tqdm(range(0, n, batch_size), desc=f"features {key.view}", disable=not progress,
@@ -167,13 +205,9 @@ class FeatureCache:
                 arrays[name] = {"file": file.name, "bytes": file.stat().st_size, "checksum": _checksum(file)}
             manifest = {"key": json.loads(json.dumps(asdict(key), default=list)), "n": n, "arrays": arrays}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            final = self.path(key)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        loaded = self.load(key, verify=False)
-        assert loaded is not None
-        return loaded

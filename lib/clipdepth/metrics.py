@@ -58,9 +58,17 @@ def crop_mask(name: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float64 array without leading batch/channel dimensions of size 1 (``1 x 1 x H x W`` -> ``H x W``).
+
+    Only *leading* singleton dimensions beyond the two spatial ones go: squeezing every singleton
+    would make a transposed ``W x 1`` prediction look like a ``1 x W`` ground truth.
+    """
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64).squeeze()
+    a = np.asarray(x, dtype=np.float64)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    return a
 
 
 def valid_mask(
@@ -97,11 +105,15 @@ def compute_metrics(
 
     Valid: inside ``crop`` and ``min_depth < gt <= max_depth`` (``gt < max_depth`` with
     ``max_inclusive=False``, DepthCLIP's rule), and ``pred > min_pred`` when given (DepthCLIP drops
-    the zero canvas outside its input crop that way). ``pred`` must already be at ``gt``'s size.
+    the zero canvas outside its input crop that way). ``pred`` must already be at ``gt``'s size; both
+    may carry leading batch/channel dimensions of size 1, nothing else is squeezed.
     """
     p, g = _as_numpy(pred), _as_numpy(gt)
     if p.shape != g.shape:
-        raise ValueError(f"prediction {p.shape} and ground truth {g.shape} differ in shape; upsample first")
+        raise ValueError(
+            f"prediction of shape {p.shape} and ground truth of shape {g.shape} differ (after removing leading "
+            "batch/channel dimensions of size 1); upsample first and check the prediction is not transposed"
+        )
     valid = valid_mask(g, crop, min_depth, max_depth, max_inclusive, p, min_pred)
     if not valid.any():
         raise ValueError("no valid ground-truth pixel in the evaluation region")

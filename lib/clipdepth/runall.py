@@ -7,10 +7,19 @@ Usage (``run_all.sh`` only picks the interpreter and calls ``python -m clipdepth
 
 Why this is Python and not a shell loop over ``papermill``: papermill only *warns* about a misspelt
 parameter and exits 0 (ecosystem.md 1.2), so every ``-p`` name is checked here against each
-notebook's ``parameters`` cell before anything runs; the ``paper`` profile's prerequisites (data
-roots, split lists, weights) are checked within seconds before any long work; and a failing notebook
-must not stop the others. Each notebook still runs through the papermill CLI (``-k python3
---cwd notebooks``), as a user would run it.
+notebook's ``parameters`` cell, and every value against its declared type
+(:data:`clipdepth.params.PARAMETERS`), before anything runs; the ``paper`` profile's prerequisites
+(data roots, split lists, weights, every listed file decoded) are checked before any long work; and
+a failing notebook must not stop the others.
+
+Relative paths (``-p data_dir``, ``-p weights``, any ``*_dir``, ``--reports-dir``) are taken from
+the directory ``./run_all.sh`` was called from (``$CLIPDEPTH_CALLER_CWD``, exported by the script
+before it changes into the repository), resolved once here and passed to the notebooks as absolute
+paths, so the checks and the kernels (which run in ``notebooks/``) see the same files. Parameters
+left at their notebook defaults keep the notebooks' own rule (relative to the repository root).
+
+Each notebook still runs through the papermill CLI (``-k python3 --cwd notebooks``), as a user would
+run it.
 
 Notebooks are discovered as ``notebooks/[0-9][0-9]_*.ipynb``, so new table notebooks join without
 changes here. Outputs, under ``<reports-dir>/<profile>/`` (default ``reports/<profile>/``):
@@ -18,7 +27,8 @@ changes here. Outputs, under ``<reports-dir>/<profile>/`` (default ``reports/<pr
 the notebook), ``logs/<name>.log``, ``run_all.json`` and ``index.html``.
 
 Exit status: 0 all notebooks succeeded; 1 some failed (listed at the end); 2 bad arguments (unknown
-parameter, notebook or profile); 3 the paper profile's prerequisites are missing.
+parameter, a value its declaration does not allow, unknown notebook or profile); 3 the paper
+profile's prerequisites are missing or unusable.
 """
 
 from __future__ import annotations
@@ -40,10 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from .executors import ExecutorError, add_executor_arguments, options_from_args
+from .params import PARAMETERS, ParameterError, check_parameter, looks_like_file
 
 __all__ = [
     "NOTEBOOK_GLOB",
     "NotebookParameterError",
+    "caller_dir",
     "check_paper_prerequisites",
     "discover_notebooks",
     "find_cached_weights",
@@ -84,6 +96,15 @@ def repo_root() -> Path:
         if (candidate / "notebooks").is_dir() and (candidate / "pyproject.toml").is_file():
             return candidate.resolve()
     return Path.cwd()
+
+
+def caller_dir() -> Path:
+    """The directory the user ran ``./run_all.sh`` from: relative paths on the command line mean that.
+
+    ``run_all.sh`` exports it as ``$CLIPDEPTH_CALLER_CWD`` before changing into the repository; run as
+    ``python -m clipdepth.runall`` the cwd is the caller's directory already.
+    """
+    return Path(os.environ.get("CLIPDEPTH_CALLER_CWD") or os.getcwd()).resolve()
 
 
 def discover_notebooks(notebooks_dir: str | os.PathLike[str]) -> list[Path]:
@@ -251,8 +272,18 @@ def find_cached_weights(arch: str, tag: str) -> Path | None:
     return None
 
 
-def _check_dataset(dataset: str, data_dir: Path) -> list[Missing]:
-    """Roots, split lists and listed files of one dataset, as the paper profile resolves them."""
+#: Bad files listed one by one before the rest are summarised in one line.
+SHOWN_BAD_FILES = 5
+_HOW_BAD_FILE = "replace the file (extract or download it again), or remove its line from the split list"
+
+
+def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: int | None = None) -> list[Missing]:
+    """Roots, split lists and listed files of one dataset, as the paper profile resolves them.
+
+    With ``decode`` every listed image and depth map is decoded (in ``workers`` threads, with a
+    progress bar on a terminal), so a corrupt, truncated, 8-bit or all-zero file is reported by path
+    now rather than when evaluation reaches it after hours of training.
+    """
     from .data.common import DataError
     from .data.splits import cache_dir as split_cache_dir
     from .data.splits import resolve_split_list, split_name, split_url
@@ -303,27 +334,43 @@ def _check_dataset(dataset: str, data_dir: Path) -> list[Missing]:
                 how.replace("<root>", str(root)).replace("<raw root>", str(root))
                 .replace("<depth root>", str(depth_root)),
             ))
+        if decode:
+            from .data.validate import validate_split
+
+            problems = validate_split(reader, progress=sys.stderr.isatty(), workers=workers)
+            for problem in problems[:SHOWN_BAD_FILES]:
+                missing.append(Missing(f"{dataset} {split}: {problem}", _HOW_BAD_FILE))
+            if len(problems) > SHOWN_BAD_FILES:
+                missing.append(Missing(
+                    f"{dataset} {split}: {len(problems) - SHOWN_BAD_FILES} more unusable files",
+                    f"`clipdepth data check --dataset {dataset} --root {root} --split {split}` lists them all",
+                ))
     return missing
 
 
 def check_paper_prerequisites(
-    datasets: Sequence[str], data_dir: str | os.PathLike[str], weights: str | None, arch: str = "RN50-quickgelu"
+    datasets: Sequence[str],
+    data_dir: str | os.PathLike[str],
+    weights: str | None,
+    arch: str = "RN50-quickgelu",
+    decode: bool = True,
+    workers: int | None = None,
 ) -> list[Missing]:
-    """Everything the paper profile needs that is not on this machine (empty list = ready).
+    """Everything the paper profile needs that is not on this machine or not usable (empty list = ready).
 
-    Only local checks (directory listings, split-list checksums, the open_clip cache), so it answers
-    in seconds offline; nothing is downloaded.
+    Only local checks (directory listings, split-list checksums, the open_clip cache and, with
+    ``decode``, decoding every listed file in ``workers`` threads), so nothing is downloaded; at paper
+    size the decoding takes a minute or two, the rest seconds.
     """
     from .experiments import PROFILES
 
     missing: list[Missing] = []
     data_dir = Path(data_dir)
     for dataset in dict.fromkeys(datasets):
-        missing += _check_dataset(dataset, data_dir)
+        missing += _check_dataset(dataset, data_dir, decode=decode, workers=workers)
     effective = weights if weights is not None else PROFILES["paper"].weights
     path = Path(str(effective)).expanduser()
-    looks_like_file = path.suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"} or os.sep in str(effective)
-    if looks_like_file:
+    if looks_like_file(str(effective)):
         if not path.is_file():
             missing.append(Missing(f"CLIP weights file {path} does not exist",
                                    "pass a local RN50 checkpoint with -p weights PATH: OpenAI's RN50.pt (TorchScript, "
@@ -498,7 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1:
         return fail("--jobs must be >= 1")
     root = repo_root()
-    notebooks_dir = Path(args.notebooks_dir).resolve() if args.notebooks_dir else root / "notebooks"
+    caller = caller_dir()
+    notebooks_dir = caller / Path(args.notebooks_dir).expanduser() if args.notebooks_dir else root / "notebooks"
     all_notebooks = discover_notebooks(notebooks_dir)
     if not all_notebooks:
         return fail(f"no notebooks matching {NOTEBOOK_GLOB} in {notebooks_dir}")
@@ -526,9 +574,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             return fail(f"unknown parameter {name!r}{hint}; no selected notebook has it. "
                         f"Valid parameter names: {', '.join(valid)}")
-        overrides[name] = parse_value(raw)
+        try:  # type, choices, CUDA present, files exist; paths made absolute from the caller's directory
+            overrides[name] = check_parameter(name, parse_value(raw), caller)
+        except ParameterError as exc:
+            return fail(str(exc))
 
-    reports_root = Path(args.reports_dir).expanduser().resolve() if args.reports_dir else root / "reports"
+    reports_root = Path(os.path.normpath(caller / Path(args.reports_dir).expanduser())) if args.reports_dir \
+        else root / "reports"
     out_dir = reports_root / args.profile
     gpu_ids = _gpu_ids() if args.profile == "paper" else []
     jobs: list[Job] = []
@@ -536,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         nb_defaults = defaults[nb.stem]
         params: dict[str, Any] = {}
         for name, value in overrides.items():
-            if name in nb_defaults:
+            if name in PARAMETERS and name in nb_defaults:
+                params[name] = value  # checked against its declaration above
+            elif name in nb_defaults:
                 try:
                     params[name] = _coerce(name, value, nb_defaults[name])
                 except ValueError as exc:

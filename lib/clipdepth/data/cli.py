@@ -85,6 +85,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         _err("--split-file names one list; choose --split train or --split test")
         return 2
     status = 0
+    reported: set[str] = set()  # a missing root fails both splits of --split all the same way: say it once
     for split in splits:
         try:
             if args.dataset == "nyu":
@@ -102,7 +103,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     subset=args.subset,
                 )
         except DataError as exc:
-            _err(str(exc))
+            if str(exc) not in reported:
+                reported.add(str(exc))
+                _err(str(exc))
             status = 1
             continue
         if args.no_decode:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +154,27 @@ class ListEntry:
     focal: float
 
 
+def _inside_root(relative: str, list_path: Path, line_no: int) -> str:
+    """``relative`` unchanged, or a DataError when it climbs out of the folder it is relative to.
+
+    Checked on the text (``..`` after normalisation), not by resolving symbolic links: dataset folders
+    are often links to other disks, and those are the user's choice, while ``../../etc/passwd`` in a
+    downloaded list is not.
+    """
+    normal = posixpath.normpath(relative)
+    if normal == ".." or normal.startswith("../"):
+        raise DataError(
+            f"{list_path}:{line_no}: path {relative!r} leaves the data root (it resolves outside the folder "
+            "the list's paths are relative to); refusing it"
+        )
+    return relative
+
+
 def read_split_list(path: str | Path, default_focal: float) -> list[ListEntry]:
     """Parse a BTS split list. Leading ``/`` is stripped (the NYU train list has it); ``None`` depth kept.
+
+    Paths that climb out of the data root (``../../etc/passwd``) and lines that are not UTF-8 are
+    errors naming the list and the line.
 
     A malformed line is an error naming the list and the line number, because silently dropping it
     would shrink the dataset without anyone noticing.
@@ -163,8 +183,15 @@ def read_split_list(path: str | Path, default_focal: float) -> list[ListEntry]:
     if not p.is_file():
         raise DataError(f"{p}: split list is missing")
     entries: list[ListEntry] = []
-    with open(p, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with open(p, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{p}:{line_no}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "a split list must be UTF-8 (or ASCII)"
+                ) from None
             fields = line.split()
             if not fields:
                 continue
@@ -178,8 +205,8 @@ def read_split_list(path: str | Path, default_focal: float) -> list[ListEntry]:
                     focal = float(fields[2])
                 except ValueError:
                     raise DataError(f"{p}:{line_no}: focal {fields[2]!r} is not a number") from None
-            depth = None if fields[1] == "None" else fields[1].lstrip("/")
-            entries.append(ListEntry(line_no, fields[0].lstrip("/"), depth, focal))
+            depth = None if fields[1] == "None" else _inside_root(fields[1].lstrip("/"), p, line_no)
+            entries.append(ListEntry(line_no, _inside_root(fields[0].lstrip("/"), p, line_no), depth, focal))
     if not entries:
         raise DataError(f"{p}: split list is empty")
     return entries

@@ -241,6 +241,29 @@ def _inside(target: Path, relative: PurePosixPath, archive: Path, name: str) -> 
     return out
 
 
+def _check_layout(entries: list[tuple[str, Path, bool]], target: Path, archive: Path) -> None:
+    """Refuse members that need a path to be both a file and a folder, before anything is written.
+
+    ``entries`` are (member name, output path, is a folder). A file ``a`` followed by ``a/b`` (or a
+    file already in ``target`` where the archive needs a folder, or the reverse) would otherwise fail
+    halfway through the extraction with a bare ``FileExistsError``, leaving part of the archive behind.
+    """
+    files = {out: name for name, out, is_dir in entries if not is_dir}
+    for name, out, is_dir in entries:
+        parents = [q for q in out.parents if q != target and target in q.parents]
+        for folder in ([out] if is_dir else []) + parents:
+            if folder in files:
+                raise DataError(
+                    f"{archive}: member {name!r} needs {files[folder]!r} to be a folder, but the archive also "
+                    f"has a file {files[folder]!r}; refusing to extract"
+                )
+            if folder.exists() and not folder.is_dir():
+                raise DataError(f"{archive}: member {name!r} needs {folder} to be a folder, but it is a file; "
+                                "refusing to extract")
+        if not is_dir and out.is_dir():
+            raise DataError(f"{archive}: member {name!r} is a file, but {out} is a folder; refusing to extract")
+
+
 def extract_archive(
     archive: str | Path,
     target: str | Path,
@@ -249,9 +272,9 @@ def extract_archive(
     """Extract a zip or tar archive into ``target``; return the extracted file paths.
 
     Every member is checked before anything is written: absolute paths, ``..`` components, paths
-    that resolve outside ``target`` (including through an existing symlink) and link or device
-    entries are refused with a :class:`DataError`. ``members`` optionally selects member names
-    (e.g. only ``image_02`` of a KITTI drive).
+    that resolve outside ``target`` (including through an existing symlink), link or device entries,
+    and paths that would have to be a file and a folder at once are refused with a :class:`DataError`.
+    ``members`` optionally selects member names (e.g. only ``image_02`` of a KITTI drive).
     """
     archive = Path(archive)
     if not archive.is_file():
@@ -272,6 +295,7 @@ def extract_archive(
                 if stat.S_ISLNK(mode):
                     raise DataError(f"{archive}: refusing symbolic link member {info.filename!r}")
                 plan.append((info, _inside(target, rel, archive, info.filename)))
+            _check_layout([(info.filename, out, info.is_dir()) for info, out in plan], target, archive)
             for info, out in plan:
                 if info.is_dir():
                     out.mkdir(parents=True, exist_ok=True)
@@ -297,6 +321,7 @@ def extract_archive(
             if not (member.isfile() or member.isdir()):
                 raise DataError(f"{archive}: refusing special member {member.name!r} (device or fifo)")
             plan.append((member, _inside(target, rel, archive, member.name)))
+        _check_layout([(member.name, out, member.isdir()) for member, out in plan], target, archive)
         for member, out in plan:
             if member.isdir():
                 out.mkdir(parents=True, exist_ok=True)

@@ -40,13 +40,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..atomic import clean_stale_temporaries, file_lock, make_temp_dir
 from .common import MANIFEST_NAME, Sample, read_manifest, sha256_file, write_depth_png
 from .nyu import encode_jpeg
 from .specs import KITTI, NYU
@@ -826,9 +826,12 @@ def ensure_synthetic_dataset(
     """Return ``out_dir`` holding a complete synthetic dataset with these parameters, writing it if needed.
 
     An existing copy whose manifest matches the parameters (and generator version) is reused as is,
-    so notebooks can call this on every run. Otherwise the dataset is rendered into a temporary
-    sibling folder and renamed into place, so an interrupted run never leaves a half-written copy
-    that looks complete.
+    so notebooks can call this on every run. Otherwise the dataset is rendered into a unique temporary
+    sibling folder (the user's umask, host and pid in its name) and renamed into place, so an
+    interrupted run never leaves a half-written copy that looks complete; the next build removes such
+    temporaries of dead processes and says so. The build holds the lock ``.<name>.lock`` beside
+    ``out_dir``: a second process asking for the same root waits, then reuses what the first one
+    rendered.
     """
     root = Path(out_dir)
     wanted = _params(family, n_train, n_test, seed, size, lidar)
@@ -842,20 +845,19 @@ def ensure_synthetic_dataset(
     if not force and complete():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        write_synthetic_dataset(family, tmp, n_train, n_test, seed, size, lidar=lidar)
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / "data")
-            shutil.rmtree(old, ignore_errors=True)
+    with file_lock(root.parent / f".{root.name}", what=f"synthetic dataset {root}"):
+        if not force and complete():  # rendered by another process while we waited for the lock
+            return root
+        clean_stale_temporaries(root.parent)
+        tmp = make_temp_dir(root)
         try:
+            write_synthetic_dataset(family, tmp, n_train, n_test, seed, size, lidar=lidar)
+            if root.exists():
+                old = make_temp_dir(root)
+                os.replace(root, old / "data")
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, root)
-        except OSError:
-            # another process finished the same dataset between our check and the rename: keep theirs
-            if not complete():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return root
