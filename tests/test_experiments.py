@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from clipdepth import experiments as ex
+from clipdepth import experiments_cli
 from clipdepth.experiments import (
     EXPERIMENTS,
     PROFILES,
@@ -314,7 +315,7 @@ def test_describe() -> None:
 
 def _console(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipdepth")
-    ex.add_parser(parser.add_subparsers(dest="command", required=True))
+    experiments_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
