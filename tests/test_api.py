@@ -379,3 +379,15 @@ def test_registry_configs_agree_with_their_file_names(name):
     assert {k: v for k, v in mapped.method.items() if getattr(exp, k) != v} == {}
     if exp.trained:
         assert TrainConfig(**mapped.train) == exp.train
+
+
+def test_from_authors_description_names_the_file(tmp_path):
+    # params/depthclip_kitti_rn50_pv1_d7_ls1_dset-even-7.yaml (read by its file-name legend)
+    path = _write(tmp_path, "depthclip_kitti_rn50_pv1_d7_ls1_dset-even-7", _config("kitti", {
+        "templates": "paper-v1", "depth_tokens": "depth-7", "object_tokens": "learned-static-1",
+        "depth_bin_centres": "dset-even-7"}))
+    match = from_authors(path)
+    assert (match.closest, match.changes) == ("t3/kitti/depth-7", {"learned_object": True, "trained": True})
+    text = describe(match.experiment)
+    assert "row       : the authors' config file, KITTI (Eigen), row 'depthclip_kitti_rn50_pv1_d7_ls1" in text
+    assert "1 tokens x 512" in text

@@ -208,7 +208,8 @@ def authors_config_from_mapping(cfg: Mapping[str, Any], source: str = "<config>"
     elif stem_parts is not None and stem_parts["random_static"] == "yes":
         trained = False
         notes.append("file name marks random-static (rs): same contents as the learned-static config, "
-                     "evaluated untrained (main.py --no_train_validation)")
+                     "evaluated untrained (main.py --no_train_validation); for their exact seed-42 vectors add "
+                     "token_init='authors'")
         if learned_words is not None:
             words = f"random-{n_words}"
     if _get(cfg, "depthclip.freeze_clip", source, False):

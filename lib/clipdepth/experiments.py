@@ -666,7 +666,9 @@ _DATASET_TITLES = {"nyu": "NYU Depth v2", "kitti": "KITTI (Eigen)"}
 def _table_title(table: str) -> str:
     if table == "depthclip":
         return "DepthCLIP (Zhang et al. 2022), zero-shot"
-    return f"paper Table {table[1:]}"
+    if table == "authors":
+        return "the authors' config file"
+    return f"paper Table {table[1:]}" if re.fullmatch(r"t\d+", table) else table
 
 
 def _bins_text(exp: Experiment) -> str:
