@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from clipdepth import experiments as ex
+from clipdepth import experiments_cli
 from clipdepth.experiments import (
     EXPERIMENTS,
     PROFILES,
@@ -314,7 +315,7 @@ def test_describe() -> None:
 
 def _console(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipdepth")
-    ex.add_parser(parser.add_subparsers(dest="command", required=True))
+    experiments_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -341,3 +342,112 @@ def test_dispatcher_registers_the_command(capsys: pytest.CaptureFixture[str]) ->
 
     assert cli.main(["experiments", "list", "--pattern", "depthclip"]) == 0
     assert "depthclip/nyu/zero-shot" in capsys.readouterr().out
+
+
+# ---- the registry as data (reference/registry.csv) ------------------------------------------------
+
+# config_hash of every row as computed by the code-built registry before the table existed (commit
+# 7f60ffd): reading the rows from the CSV, and the learned_object / token_init fields at their
+# defaults, must leave every run key as it was.
+RECORDED_HASHES = {
+    "t3/nyu/colour-7": "15b405582e6dd3369815d4d0539465013de16e2643a70bfbb4c741040a85ee45",
+    "t3/nyu/size-7": "41220be1db98916c76a14777b0365433e6bd2b45db5c5b06068c32f58ab70926",
+    "t3/nyu/depth-7": "b533566b67de17f6b7bf28b9ab9984ef4e03bbc6d5f175b2429e2f31d3350fcb",
+    "t3/nyu/random-7": "1ecd62a59c26169c15f109aa15e349a1db90dbd148154da80920e7a7431b0b63",
+    "t3/nyu/rand-txt-7": "160423800ff7ca7c1e30a71ec87cb84b8870ca86a81121ed184cce2970c3380d",
+    "t3/nyu/learned-7": "97f43b6ecae441ed92f168b098f77ef573f54af7d452afa9dc8126ee383aecfa",
+    "t3/kitti/colour-7": "2b2759ea2c496dcde32e77978f2bfec2605cd9f927e4305936c0541707166260",
+    "t3/kitti/size-7": "0d9aa60002f337f3bb62fad74c9855c3ea1e2574fa76ee7dc052bbbc5ac9bb10",
+    "t3/kitti/depth-7": "2881841f0151df250bc19b33297974d33daedf3af2c555c9824954524e686455",
+    "t3/kitti/random-7": "f2d5e7c92aac18b07938e6b05662ec216a9521ae9e7ead18193bbce849d14eb1",
+    "t3/kitti/rand-txt-7": "975b390a3458446a340123fda92bbe7c9b7553ea6b71e8a4438d3d6bde180b15",
+    "t3/kitti/learned-7": "9f0b4d7d99600aa910480eb9bc40bc8a9b10e4558b667f219ad181e54f5afad2",
+    "t4/nyu/baseline": "b533566b67de17f6b7bf28b9ab9984ef4e03bbc6d5f175b2429e2f31d3350fcb",
+    "t4/nyu/1o1d": "4d466b402f3d54ad00e8730e6f70a4e9937d02ecb697abe2cfb25e874d45cb53",
+    "t4/nyu/1o2d": "1a0e041da02b43b9c7c2353f35521630e094c4ada74cf79c7f4d59591f152ae7",
+    "t4/nyu/4o4d": "ac6797779fc2af582ad9bd29e22eb741bca083fb32e1aad16ef0289e38e89994",
+    "t4/kitti/baseline": "2881841f0151df250bc19b33297974d33daedf3af2c555c9824954524e686455",
+    "t4/kitti/1o1d": "81869dc3f52bd90d34496b4f3b5311b58e2a0df2294f5da5bcfe4f1ca35dd6bb",
+    "t4/kitti/1o2d": "0c68bb45304abb9cb4d05429ac076d1f9dbef1a79f617e65383009d7c7fc9949",
+    "t4/kitti/4o4d": "39f535fbb2f3b57d68fb855509a0467f4c6ada6d8b4f8e79e1a9fb77bbb1d28c",
+    "t5/nyu/baseline+learned-7": "97f43b6ecae441ed92f168b098f77ef573f54af7d452afa9dc8126ee383aecfa",
+    "t5/nyu/4o4d+depth-7": "ac6797779fc2af582ad9bd29e22eb741bca083fb32e1aad16ef0289e38e89994",
+    "t5/nyu/4o4d+learned-7": "7e51c3cf5799b3fe2ced48d4a8b43f1add7de44cf49ca54b933b7949a7123646",
+    "t5/kitti/baseline+learned-7": "9f0b4d7d99600aa910480eb9bc40bc8a9b10e4558b667f219ad181e54f5afad2",
+    "t5/kitti/4o4d+depth-7": "39f535fbb2f3b57d68fb855509a0467f4c6ada6d8b4f8e79e1a9fb77bbb1d28c",
+    "t5/kitti/4o4d+learned-7": "00037db97cc7a05bf7c0ba65698f298aaae6ae110618331e894e3f71be775e27",
+    "t6/nyu/learned-7-even": "97f43b6ecae441ed92f168b098f77ef573f54af7d452afa9dc8126ee383aecfa",
+    "t6/nyu/learned-7-log": "3fe8cea5a6ce0e2d4f5973655051312de9c8c1eeca17f7ed86ec4399b2cb9e15",
+    "t6/nyu/learned-20-even": "1831104fab2476b1b0d40c09dcc325be16a57ff1f64d3f4b95a646303c5ffb81",
+    "t6/nyu/learned-20-log": "e64eb296bd5e217ef596ceda48eb5e80a044f362211331b7dcb133df634c3ac4",
+    "t6/kitti/learned-7-even": "9f0b4d7d99600aa910480eb9bc40bc8a9b10e4558b667f219ad181e54f5afad2",
+    "t6/kitti/learned-7-log": "e7e078aef6d02781e2d2c8c7c028e71c5b8293ab74796c703cfa616683454d29",
+    "t6/kitti/learned-20-even": "fee1d3a6512a4417d2e1bda6acc49fb8115aea150090bea97dd61dcd61abdde7",
+    "t6/kitti/learned-20-log": "036034a98a1a841c7b5444ad93c5cb5d4329d8e3ce297d0dc99ad55e95fd7409",
+    "t7/nyu/learned-7-log": "3fe8cea5a6ce0e2d4f5973655051312de9c8c1eeca17f7ed86ec4399b2cb9e15",
+    "t7/nyu/learned-20-log": "e64eb296bd5e217ef596ceda48eb5e80a044f362211331b7dcb133df634c3ac4",
+    "t7/nyu/learned-256-log": "5f5ec20ee555038b01d1d9de2b0afa8cd09a0700533f11b54867d1609791b827",
+    "t7/kitti/learned-7-log": "e7e078aef6d02781e2d2c8c7c028e71c5b8293ab74796c703cfa616683454d29",
+    "t7/kitti/learned-20-log": "036034a98a1a841c7b5444ad93c5cb5d4329d8e3ce297d0dc99ad55e95fd7409",
+    "t7/kitti/learned-256-log": "96cff40ce7f6884eeeb58065fd29c38256c5d639bb09b9e94efbe048f076a1d6",
+    "depthclip/nyu/zero-shot": "9d7dfcf7d04458719a5505af365cb153bcb4fd96ad11ed1bedb1c12d65606912",
+}
+
+
+def test_registry_table_keeps_every_hash() -> None:
+    assert {name: config_hash(exp) for name, exp in EXPERIMENTS.items()} == RECORDED_HASHES
+
+
+def test_registry_table_is_the_registry() -> None:
+    experiments, configs = ex.load_registry()
+    assert experiments == EXPERIMENTS and list(configs) == list(EXPERIMENTS)
+    assert ex.authors_config("t3/nyu/learned-7") == "params/depthclip_nyu_rn50_pv1_ls7_p_dset-even-7.yaml"
+    assert ex.authors_config("t3/kitti/colour-7") == "none released"
+    text = describe("t6/kitti/learned-20-log")
+    assert "authors'  : params/depthclip_kitti_rn50_pv1_ls20_p_const80-log-20.yaml" in text
+    assert "stored copy" in describe("t4/nyu/1o1d")  # a cited file we could not read says so
+
+
+_HEADER = ",".join(ex.REGISTRY_COLUMNS)
+_GOOD = "t3/nyu/depth-7,t3,nyu,depth-7,depth-7,baseline,even,7,no,frobenius,auty2023,none released,"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (_GOOD.replace(",no,", ",maybe,"), "line 2: trained must be 'yes' or 'no', got 'maybe'"),
+        (_GOOD.replace("t3/nyu/depth-7", "t3/kitti/depth-7", 1),
+         "line 2: name 't3/kitti/depth-7' must be t3/nyu/<row>"),
+        (_GOOD.replace(",7,no", ",8,no"), "line 2: t3/nyu/depth-7: word set 'depth-7' has 7 words but n_bins=8"),
+        (_GOOD.replace("none released", "params/x.json"), "line 2: authors_config must be params/<file>.yaml"),
+        (_GOOD + "\n" + _GOOD, "line 3: duplicate name 't3/nyu/depth-7'"),
+        (_GOOD.rsplit(",", 3)[0], "line 2: expected 13 fields"),
+    ],
+)
+def test_registry_table_bad_lines(tmp_path, line: str, message: str) -> None:
+    path = tmp_path / "registry.csv"
+    path.write_text(f"{_HEADER}\n{line}\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        ex.load_registry(path)
+    assert str(info.value).startswith(str(path)) and message in str(info.value)
+    assert "\n" not in str(info.value)
+    path.write_text("name,table\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="header must be"):
+        ex.load_registry(path)
+
+
+def test_registry_table_is_package_data() -> None:
+    from importlib import resources
+
+    assert resources.files("clipdepth").joinpath("reference", "registry.csv").is_file()
+    with open("pyproject.toml", encoding="utf-8") as f:
+        assert 'clipdepth = ["reference/*.csv"]' in f.read()
+
+
+def test_new_fields_enter_the_hash_only_when_set() -> None:
+    exp = get("t3/nyu/learned-7")
+    assert "learned_object" not in method_fields(exp) and "token_init" not in method_fields(exp)["train"]
+    assert method_fields(variant(exp, learned_object=True))["learned_object"] is True
+    assert method_fields(variant(exp, token_init="authors"))["train"]["token_init"] == "authors"
+    random7 = variant("t3/nyu/random-7", token_init="authors")
+    assert method_fields(random7)["train"] == {"seed": 42, "token_init": "authors"}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 # (module, help) for every command group; the module exposes add_parser(subparsers).
 _GROUPS: tuple[tuple[str, str], ...] = (
     ("clipdepth.data.cli", "data"),
-    ("clipdepth.experiments", "experiments"),
+    ("clipdepth.experiments_cli", "experiments"),
     ("clipdepth.bench", "bench"),
     ("clipdepth.scoring", "score"),
 )

@@ -20,6 +20,18 @@ Naming scheme ``<table>/<dataset>/<row>``:
 Rows printed in several tables (e.g. Table 6 "7, Linear" is Table 3 learned-7) keep their own names
 but have identical method fields, so :func:`config_hash` is equal and the trainer runs them once.
 
+The registry is data: ``reference/registry.csv`` holds one line per published row (name, table,
+dataset, row label, words, template, bins, number of bins, trained, text normalisation, evaluation
+protocol, and the authors' ``params/*.yaml`` it corresponds to, or "none released"); this module
+only reads it (:func:`load_registry`). The dataset fixes the depth range. The authors' KITTI 20-log
+config is ``const80-log-20``, which for KITTI's [0.001, 80] range equals ``dset-log-20``; the table
+keeps their kind. :func:`clipdepth.authors_configs.from_authors` maps one of their config files to a
+registry row or a variant; the console group lives in :mod:`clipdepth.experiments_cli`.
+
+Length (about 700 lines, over the project's ~500): the method dataclasses, the registry reader,
+variants, profiles and resolution form one vocabulary that the trainer, the report and the notebooks
+import under these names; splitting it would need re-exports that import back into this module.
+
 Method vs. run: an :class:`Experiment` holds only the *method* (what the paper specifies). A
 :class:`Profile` (``demo`` or ``paper``) supplies where the data is, which weights, image sizes and
 epoch count; :func:`resolve` combines the two and can never change a method field.
@@ -27,25 +39,29 @@ epoch count; :func:`resolve` combines the two and can never change a method fiel
 
 from __future__ import annotations
 
-import argparse
+import csv
 import dataclasses
 import difflib
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
     "BIN_KINDS",
     "DATASETS",
     "DATASET_RANGES",
+    "AUTHORS_CONFIGS",
     "EXPERIMENTS",
     "PROFILES",
+    "REGISTRY_COLUMNS",
     "TEMPLATES",
     "TEMPLATE_CONTEXT_TOKENS",
     "WORD_SETS",
@@ -55,10 +71,11 @@ __all__ = [
     "ResolvedExperiment",
     "TrainConfig",
     "UnknownExperimentError",
-    "add_parser",
+    "authors_config",
     "config_hash",
     "describe",
     "get",
+    "load_registry",
     "method_fields",
     "resolve",
     "same_method",
@@ -143,6 +160,9 @@ class TrainConfig:
     seed: int = 42
     mode: Literal["faithful", "cached"] = "faithful"
     bn: Literal["adapt", "frozen"] = "adapt"
+    #: How the seed becomes initial tokens: ``ours`` (a private generator) or ``authors`` (their global
+    #: draw sequence after ``seed_everything``; see :func:`clipdepth.prompts.authors_initial_tokens`).
+    token_init: Literal["ours", "authors"] = "ours"
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
@@ -155,6 +175,8 @@ class TrainConfig:
             raise ValueError(f"mode must be 'faithful' or 'cached', got {self.mode!r}")
         if self.bn not in ("adapt", "frozen"):
             raise ValueError(f"bn must be 'adapt' or 'frozen', got {self.bn!r}")
+        if self.token_init not in ("ours", "authors"):
+            raise ValueError(f"token_init must be 'ours' or 'authors', got {self.token_init!r}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +186,9 @@ class Experiment:
     ``name``, ``table`` and ``row_label`` identify the row; every other field is part of the method
     and enters :func:`config_hash`. ``trained=False`` rows are evaluated once without training: the
     human-word and rand-txt-7 prompts, DepthCLIP, and random-7 (the learned-7 model with its seeded
-    N(0, 0.02^2) initial tokens frozen, as the authors produced it).
+    N(0, 0.02^2) initial tokens frozen, as the authors produced it). ``learned_object`` replaces the
+    word "object" by one learnable vector (the authors' ``object_tokens: learned-static-1``, file
+    names ``ls1``/``rs1``).
     """
 
     name: str
@@ -184,6 +208,7 @@ class Experiment:
     logit_scale: float = 1000.0
     eval_protocol: Literal["auty2023", "depthclip"] = "auty2023"
     trained: bool = True
+    learned_object: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -228,8 +253,8 @@ class Experiment:
 
     @property
     def n_trainable_tokens(self) -> int:
-        """512-d vectors the optimiser updates: learned depth tokens plus context tokens."""
-        return (self.n_bins if self.learned_depth else 0) + self.n_context_tokens
+        """512-d vectors the optimiser updates: learned depth tokens, context tokens, the object token."""
+        return (self.n_bins if self.learned_depth else 0) + self.n_context_tokens + int(self.learned_object)
 
     @property
     def bin_range(self) -> tuple[float, float]:
@@ -239,18 +264,31 @@ class Experiment:
         return (self.min_depth, self.max_depth)
 
 
+# Fields added after runs were first keyed: at their default value they are left out of the hash, so
+# every earlier key (and every finished run) stays valid; any other value enters it.
+_OMIT_AT_DEFAULT: dict[str, Any] = {"learned_object": False}
+_TRAIN_OMIT_AT_DEFAULT: dict[str, Any] = {"token_init": "ours"}
+
+
 def method_fields(exp: Experiment) -> dict[str, Any]:
     """The fields that determine an experiment's result, as a JSON-ready dict.
 
     Identity fields (name, table, row_label) are dropped so repeated rows compare equal. For an
-    untrained row the optimiser settings cannot change the result, so only the seed (it draws the
-    random-7 vectors) is kept from ``train``.
+    untrained row the optimiser settings cannot change the result, so only the seed and the token
+    initialisation (they draw the random-7 vectors) are kept from ``train``. ``learned_object`` and
+    ``token_init`` appear only when not at their defaults (see ``_OMIT_AT_DEFAULT``).
     """
     data = dataclasses.asdict(exp)
     for key in _NAME_FIELDS:
         data.pop(key)
+    for key, default in _OMIT_AT_DEFAULT.items():
+        if data[key] == default:
+            data.pop(key)
+    for key, default in _TRAIN_OMIT_AT_DEFAULT.items():
+        if data["train"][key] == default:
+            data["train"].pop(key)
     if not exp.trained:
-        data["train"] = {"seed": exp.train.seed}
+        data["train"] = {k: v for k, v in data["train"].items() if k in ("seed", *_TRAIN_OMIT_AT_DEFAULT)}
     return data
 
 
@@ -268,66 +306,80 @@ def config_hash(exp: Experiment) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _row(table: str, dataset: str, slug: str, row_label: str, **method: Any) -> Experiment:
+#: Columns of ``reference/registry.csv``, in file order.
+REGISTRY_COLUMNS: tuple[str, ...] = (
+    "name", "table", "dataset", "row_label", "words", "template", "bins", "n_bins", "trained",
+    "text_norm", "eval_protocol", "authors_config", "config_note",
+)
+_REGISTRY_FILE = ("reference", "registry.csv")
+_NONE_RELEASED = "none released"
+
+
+def _registry_row(line: int, row: dict[str, str], where: str) -> Experiment:
+    def bad(message: str) -> ValueError:
+        return ValueError(f"{where} line {line}: {message}")
+
+    if None in row or any(value is None for value in row.values()):
+        raise bad(f"expected {len(REGISTRY_COLUMNS)} fields")
+    table, dataset = row["table"], row["dataset"]
+    if dataset not in DATASETS:
+        raise bad(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    prefix = f"{table}/{dataset}/"
+    if not row["name"].startswith(prefix) or row["name"] == prefix:
+        raise bad(f"name {row['name']!r} must be {prefix}<row>")
+    if row["trained"] not in ("yes", "no"):
+        raise bad(f"trained must be 'yes' or 'no', got {row['trained']!r}")
+    if not row["n_bins"].isdigit():
+        raise bad(f"n_bins must be a positive integer, got {row['n_bins']!r}")
+    if row["authors_config"] != _NONE_RELEASED and not re.fullmatch(r"params/[\w.+-]+\.yaml", row["authors_config"]):
+        raise bad(f"authors_config must be params/<file>.yaml or {_NONE_RELEASED!r}, got {row['authors_config']!r}")
     low, high = DATASET_RANGES[dataset]
-    method.setdefault("min_depth", low)
-    method.setdefault("max_depth", high)
-    name = f"{table}/{dataset}/{slug}"
-    return Experiment(name=name, table=table, dataset=dataset, row_label=row_label, **method)
-
-
-def _build_registry() -> dict[str, Experiment]:
-    rows: list[Experiment] = []
-    for ds in DATASETS:
-        # Table 3: 7 even bins, baseline template; only learned-7 has parameters to train.
-        for words in ("colour-7", "size-7", "depth-7", "random-7", "rand-txt-7", "learned-7"):
-            rows.append(_row("t3", ds, words, words, words=words, trained=words == "learned-7"))
-    for ds in DATASETS:
-        # Table 4: learned context tokens around the human depth-7 words; Baseline repeats t3 depth-7.
-        rows.append(_row("t4", ds, "baseline", "Baseline", words="depth-7", trained=False))
-        for template in ("1o1d", "1o2d", "4o4d"):
-            rows.append(_row("t4", ds, template, template, words="depth-7", template=template))
-    for ds in DATASETS:
-        # Table 5: 4o4d context + learned depth tokens; the other two rows repeat t3 and t4.
-        rows.append(_row("t5", ds, "baseline+learned-7", "Baseline, learned-7", words="learned-7"))
-        rows.append(_row("t5", ds, "4o4d+depth-7", "ls4o4d, depth-7", words="depth-7", template="4o4d"))
-        rows.append(_row("t5", ds, "4o4d+learned-7", "ls4o4d, learned-7", words="learned-7", template="4o4d"))
-    for ds in DATASETS:
-        # Table 6: even vs log bins. The authors' KITTI 20-log config is const80-log-20, which for
-        # KITTI's [0.001, 80] range gives the same centres as dset-log-20; we keep their kind.
-        for n in (7, 20):
-            for spacing, label in (("even", "Linear"), ("log", "Log")):
-                kind = "const80-log" if (ds, n, spacing) == ("kitti", 20, "log") else spacing
-                slug, words = f"learned-{n}-{spacing}", f"learned-{n}"
-                rows.append(_row("t6", ds, slug, f"{n}, {label}", words=words, n_bins=n, bins=kind))
-    for ds in DATASETS:
-        # Table 7: number of log bins; 7 and 20 repeat Table 6 (same runs, same bin kinds).
-        for n in (7, 20, 256):
-            kind = "const80-log" if (ds, n) == ("kitti", 20) else "log"
-            rows.append(_row("t7", ds, f"learned-{n}-log", str(n), words=f"learned-{n}", n_bins=n, bins=kind))
-    # DepthCLIP zero-shot (NYU only: its code cannot run on KITTI and no KITTI numbers were published).
-    rows.append(
-        _row(
-            "depthclip",
-            "nyu",
-            "zero-shot",
-            "Ours – DepthCLIP",
-            words="depthclip-7",
-            template="depthclip",
-            bins="depthclip",
-            text_norm="per_prompt",
-            eval_protocol="depthclip",
-            trained=False,
+    try:
+        return Experiment(
+            name=row["name"], table=table, dataset=dataset, row_label=row["row_label"], words=row["words"],
+            template=row["template"], bins=row["bins"], n_bins=int(row["n_bins"]), min_depth=low, max_depth=high,
+            text_norm=row["text_norm"], eval_protocol=row["eval_protocol"],  # type: ignore[arg-type]
+            trained=row["trained"] == "yes",
         )
-    )
-    registry = {exp.name: exp for exp in rows}
-    if len(registry) != len(rows):
-        raise RuntimeError("duplicate experiment names in the registry")
-    return registry
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+
+
+def load_registry(path: str | Path | None = None) -> tuple[dict[str, Experiment], dict[str, tuple[str, str]]]:
+    """Read the registry table: (experiments by name in file order, name -> (authors' config, note)).
+
+    ``path`` None reads the packaged ``reference/registry.csv``. A malformed line raises ValueError
+    naming the file, the line and what is wrong.
+    """
+    if path is None:
+        text = resources.files("clipdepth").joinpath(*_REGISTRY_FILE).read_text(encoding="utf-8")
+        where = "/".join(_REGISTRY_FILE)
+    else:
+        text, where = Path(path).read_text(encoding="utf-8"), str(path)
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != REGISTRY_COLUMNS:
+        got = ",".join(reader.fieldnames or [])
+        raise ValueError(f"{where}: header must be {','.join(REGISTRY_COLUMNS)}, got {got}")
+    experiments: dict[str, Experiment] = {}
+    configs: dict[str, tuple[str, str]] = {}
+    for line, row in enumerate(reader, start=2):
+        exp = _registry_row(line, row, where)
+        if exp.name in experiments:
+            raise ValueError(f"{where} line {line}: duplicate name {exp.name!r}")
+        experiments[exp.name] = exp
+        configs[exp.name] = (row["authors_config"], row["config_note"])
+    return experiments, configs
 
 
 #: Every published row by name, in paper order (tables, then NYU before KITTI).
-EXPERIMENTS: dict[str, Experiment] = _build_registry()
+#: AUTHORS_CONFIGS: name -> (the authors' params/*.yaml or "none released", a note on it).
+EXPERIMENTS, AUTHORS_CONFIGS = load_registry()
+
+
+def authors_config(name: str) -> str:
+    """The authors' config file of a registry row (``params/...yaml``), or "none released"."""
+    get(name)
+    return AUTHORS_CONFIGS[name][0]
 
 
 class UnknownExperimentError(KeyError, ValueError):
@@ -614,7 +666,9 @@ _DATASET_TITLES = {"nyu": "NYU Depth v2", "kitti": "KITTI (Eigen)"}
 def _table_title(table: str) -> str:
     if table == "depthclip":
         return "DepthCLIP (Zhang et al. 2022), zero-shot"
-    return f"paper Table {table[1:]}"
+    if table == "authors":
+        return "the authors' config file"
+    return f"paper Table {table[1:]}" if re.fullmatch(r"t\d+", table) else table
 
 
 def _bins_text(exp: Experiment) -> str:
@@ -639,7 +693,8 @@ def describe(name: str | Experiment) -> str:
         f"  row       : {_table_title(exp.table)}, {_DATASET_TITLES[exp.dataset]}, row {exp.row_label!r}",
         f"  backbone  : {exp.arch}, dense mode {exp.dense_mode}, {exp.image_norm} image normalisation",
         f"  prompts   : words {exp.words}, template {exp.template} "
-        f"({exp.n_context_tokens} learned context tokens)",
+        f"({exp.n_context_tokens} learned context tokens"
+        f"{', learned object token' if exp.learned_object else ''})",
         f"  bins      : {_bins_text(exp)}",
         f"  head      : text norm {exp.text_norm}, logit scale {exp.logit_scale:g}, "
         f"eval protocol {exp.eval_protocol}",
@@ -651,11 +706,18 @@ def describe(name: str | Experiment) -> str:
             f"OneCycle(div {t.div_factor:g}, final div {t.final_div_factor:g}, "
             f"momentum {t.base_momentum:g}-{t.max_momentum:g}, "
             f"pct {t.pct_start:g}), SILog(alpha {t.loss_alpha:g}, lambda {t.loss_lambda:g}), seed {t.seed}, "
-            f"mode {t.mode}, BN {t.bn}"
+            f"mode {t.mode}, BN {t.bn}, token init {t.token_init}"
         )
     else:
-        why = f"random frozen vectors, seed {t.seed}" if exp.words == "random-7" else "nothing to learn"
+        if exp.n_trainable_tokens or exp.words.startswith("random-"):
+            why = f"frozen initial tokens, seed {t.seed}, token init {t.token_init}"
+        else:
+            why = "nothing to learn"
         lines.append(f"  training  : none - evaluated once ({why})")
+    if exp.name in AUTHORS_CONFIGS:
+        config, note = AUTHORS_CONFIGS[exp.name]
+        where = "DylanAuty/PromptLearningCLIP-MDE" if config != _NONE_RELEASED else ""
+        lines.append(f"  authors'  : {config}" + (f" ({where})" if where else "") + (f"; {note}" if note else ""))
     lines.append(f"  hash      : {config_hash(exp)}")
     repeats = same_method(exp) if exp.name in EXPERIMENTS else []
     if repeats:
@@ -685,45 +747,3 @@ def format_table(experiments: Iterable[Experiment]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    try:
-        rows = select(table=args.table, dataset=args.dataset, pattern=args.pattern)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not rows:
-        print("no experiments match")
-        return 1
-    print(format_table(rows))
-    print(f"\n{len(rows)} experiments")
-    return 0
-
-
-def _cmd_describe(args: argparse.Namespace) -> int:
-    status = 0
-    for name in args.names:
-        try:
-            print(describe(name))
-        except UnknownExperimentError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 2
-    return status
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``clipdepth experiments {list,describe}`` on the dispatcher's subparsers."""
-    parser = subparsers.add_parser(
-        "experiments", help="list and describe the named configs of every paper table row"
-    )
-    sub = parser.add_subparsers(dest="experiments_command", required=True)
-    p_list = sub.add_parser("list", help="a table of experiments")
-    p_list.add_argument("--table", help="t3..t7 or depthclip (3 and 'table3' also work)")
-    p_list.add_argument("--dataset", choices=DATASETS)
-    p_list.add_argument("--pattern", help="glob on the name, e.g. '*/nyu/learned-*' (else a substring)")
-    p_list.set_defaults(func=_cmd_list)
-    p_desc = sub.add_parser("describe", help="everything about one or more experiments")
-    p_desc.add_argument("names", nargs="+", metavar="NAME")
-    p_desc.set_defaults(func=_cmd_describe)
-    return parser

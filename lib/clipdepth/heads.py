@@ -7,6 +7,8 @@ authors' learned-prompt method differ only in the prompts, the text normalisatio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -35,10 +37,27 @@ def normalise_text(text: torch.Tensor, mode: str = "frobenius") -> torch.Tensor:
     return t.t()
 
 
+def bin_logits(features: torch.Tensor, text_cols: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Bin logits ``logit_scale * <patch, text_k>``; ``B x C x h x w`` -> ``B x N x h x w``."""
+    return logit_scale * torch.einsum("bchw,cn->bnhw", features, text_cols.to(features.dtype))
+
+
 def bin_probabilities(features: torch.Tensor, text_cols: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """Softmax over bins of ``logit_scale * <patch, text_k>``; ``B x C x h x w`` -> ``B x N x h x w``."""
-    logits = logit_scale * torch.einsum("bchw,cn->bnhw", features, text_cols.to(features.dtype))
-    return logits.softmax(dim=1)
+    """Softmax over bins of :func:`bin_logits`; ``B x C x h x w`` -> ``B x N x h x w``."""
+    return bin_logits(features, text_cols, logit_scale).softmax(dim=1)
+
+
+@dataclass
+class DepthOutput:
+    """Everything the head computes for a batch, at feature resolution (``return_logits=True``).
+
+    ``depth`` (B x 1 x h x w, metres) is what the model returns by default; ``probs`` = softmax of
+    ``logits`` over the bin axis (B x N x h x w); the authors' code calls the logits ``depth_logits``.
+    """
+
+    depth: torch.Tensor
+    probs: torch.Tensor
+    logits: torch.Tensor
 
 
 def depth_from_probabilities(probs: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -100,12 +119,18 @@ class BinPromptDepth(nn.Module):
         """Dense features of [0, 1] RGB images (the frozen, cacheable part)."""
         return dense_features(self.clip, images, self.dense_mode, self.image_norm)
 
-    def forward_features(self, features: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
-        """Depth from precomputed dense features (the cached-training path)."""
+    def forward_features(
+        self, features: torch.Tensor, text: torch.Tensor | None = None, return_logits: bool = False
+    ) -> torch.Tensor | DepthOutput:
+        """Depth from precomputed dense features (the cached-training path); with ``return_logits`` a
+        :class:`DepthOutput` holding the bin logits and probabilities as well."""
         text = self.text_features() if text is None else text
-        probs = bin_probabilities(features.to(text.dtype), text, self.logit_scale)
-        return depth_from_probabilities(probs, self.centres)
+        logits = bin_logits(features.to(text.dtype), text, self.logit_scale)
+        probs = logits.softmax(dim=1)
+        depth = depth_from_probabilities(probs, self.centres)
+        return DepthOutput(depth, probs, logits) if return_logits else depth
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Low-resolution depth in metres for a batch of [0, 1] RGB images."""
-        return self.forward_features(self.image_features(images))
+    def forward(self, images: torch.Tensor, return_logits: bool = False) -> torch.Tensor | DepthOutput:
+        """Low-resolution depth in metres for a batch of [0, 1] RGB images (a :class:`DepthOutput`
+        with bin logits and probabilities when ``return_logits``)."""
+        return self.forward_features(self.image_features(images), return_logits=return_logits)

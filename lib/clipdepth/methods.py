@@ -1,7 +1,8 @@
 """Ready-made bin-prompt models: DepthCLIP zero-shot and the authors' learned-prompt model.
 
 Both are ``BinPromptDepth``; these factories fix the choices that define each method so a notebook or
-the experiment registry names a method instead of re-stating its parameters.
+the experiment registry names a method instead of re-stating its parameters. :func:`model_for_experiment`
+is the one place that turns a registry row (or a resolved run) into a model.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Sequence
 import open_clip
 
 from .bins import bin_centres
+from .experiments import Experiment, ResolvedExperiment
 from .heads import DEFAULT_LOGIT_SCALE, BinPromptDepth
-from .prompts import PromptEncoder
+from .prompts import AUTHORS_BATCH_SIZE, PromptEncoder, TokenInit
 
 
 def build_bin_prompt_model(
@@ -29,10 +31,18 @@ def build_bin_prompt_model(
     dense_mode: str = "depthclip",
     image_norm: str = "imagenet",
     bn: str = "frozen",
+    token_init: TokenInit = "ours",
+    dataset: str | None = None,
+    batch_size: int = AUTHORS_BATCH_SIZE,
 ) -> BinPromptDepth:
-    """General factory: prompts (word set x template), bins over [min, max], head settings."""
+    """General factory: prompts (word set x template), bins over [min, max], head settings.
+
+    ``token_init="authors"`` draws the initial tokens as the authors' code does for ``dataset``
+    (``nyu``/``kitti``) and ``batch_size`` (see :func:`clipdepth.prompts.authors_initial_tokens`).
+    """
     prompts = PromptEncoder(clip_model, words=words, template=template, learned_object=learned_object,
-                            seed=seed)
+                            seed=seed, token_init=token_init, authors_dataset=dataset,
+                            authors_batch_size=batch_size)
     centres = bin_centres(bins, prompts.n_prompts, min_depth, max_depth)
     return BinPromptDepth(clip_model, prompts, centres, text_norm=text_norm, logit_scale=logit_scale,
                           dense_mode=dense_mode, image_norm=image_norm, bn=bn)
@@ -60,3 +70,18 @@ def learned_prompt_model(
     bins over the dataset range (NYU [0.001, 10], KITTI [0.001, 80])."""
     return build_bin_prompt_model(clip_model, words, template, bins, min_depth, max_depth,
                                   text_norm="frobenius", seed=seed, bn=bn)
+
+
+def model_for_experiment(
+    exp: Experiment | ResolvedExperiment, clip_model: open_clip.CLIP, bn: str | None = None
+) -> BinPromptDepth:
+    """The untrained model of a registry row or resolved run: every method field, the seed, the token
+    initialisation (with the row's dataset and batch size for ``token_init="authors"``) and the learned
+    object token. ``bn`` defaults to the row's training policy."""
+    return build_bin_prompt_model(
+        clip_model, exp.words, exp.template, exp.bins, exp.min_depth, exp.max_depth,
+        text_norm=exp.text_norm, logit_scale=exp.logit_scale, seed=exp.train.seed,
+        learned_object=exp.learned_object, dense_mode=exp.dense_mode, image_norm=exp.image_norm,
+        bn=exp.train.bn if bn is None else bn, token_init=exp.train.token_init, dataset=exp.dataset,
+        batch_size=exp.train.batch_size,
+    )

@@ -3,14 +3,24 @@
 A depth-bin prompt is a template ("This {object} appears to be {depth}") whose slots hold either
 ordinary words or 512-d vectors that replace input word embeddings of CLIP's frozen text
 transformer (learned or frozen random tokens, learned context tokens). ``PromptEncoder`` encodes all
-N bin prompts in one batch and is the only trainable part of the authors' method.
+N bin prompts in one batch and is the only trainable part of the authors' method. CoOp's names are
+aliases: :data:`PromptLearner` (the learnable prompt module) and :class:`TextEncoder` (the frozen text
+path, :func:`encode_embeddings`).
+
+Token values have one public door: :meth:`PromptEncoder.set_tokens` / :meth:`PromptEncoder.load_tokens`
+(named tensors ``ctx``, ``depth``, ``object``, checked against :meth:`PromptEncoder.token_shapes`), so
+nobody has to write into ``ctx_tokens``, ``depth_tokens``, ``object_tokens`` or the ``random_tokens``
+buffer. Initial values come from ``token_init``: ``"ours"`` (a private generator seeded with ``seed``) or
+``"authors"`` (the draw sequence of the authors' code, see :func:`authors_initial_tokens`).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import open_clip
 import torch
@@ -40,6 +50,17 @@ TEMPLATES: dict[str, str] = {
     "4o4d": "{ctx} {ctx} {ctx} {ctx} {object} {ctx} {ctx} {ctx} {ctx} {depth}",
 }
 TOKEN_INIT_STD = 0.02  # CLIP's token_embedding init std, used by the authors for every new token
+TOKEN_INITS: tuple[str, ...] = ("ours", "authors")
+TokenInit = Literal["ours", "authors"]
+#: Public token names (``set_tokens``/``load_tokens``) -> the attribute holding them. ``depth`` is the
+#: learned ``depth_tokens`` parameter for learned-N and the frozen ``random_tokens`` buffer for random-N.
+TOKEN_NAMES: tuple[str, ...] = ("ctx", "depth", "object")
+_STATE_KEYS = {"ctx_tokens": "ctx", "depth_tokens": "depth", "random_tokens": "depth", "object_tokens": "object"}
+#: The example input the authors' Lightning module draws in its constructor (``example_input_array``):
+#: (height, width) per dataset -- KITTI's KB crop 352 x 1216 when ``do_kb_crop``, else NYU's
+#: ``dimensions_train`` 416 x 544 (every released config).
+AUTHORS_EXAMPLE_INPUT: dict[str, tuple[int, int]] = {"nyu": (416, 544), "kitti": (352, 1216)}
+AUTHORS_BATCH_SIZE = 16
 _SLOT = re.compile(r"\{(object|depth|ctx)\}")
 
 
@@ -86,6 +107,79 @@ def resolve_template(name_or_string: str) -> str:
     )
 
 
+def authors_prelude_shapes(dataset: str, batch_size: int = AUTHORS_BATCH_SIZE) -> tuple[tuple[int, ...], ...]:
+    """Shapes of the two ``torch.rand`` draws the authors' ``MainRunnerLM.__init__`` makes before the model.
+
+    Its ``example_input_array`` is ``(torch.rand(B, 3, H, W), torch.rand(B, 1, H, W))`` with B the
+    config's batch size and (H, W) from :data:`AUTHORS_EXAMPLE_INPUT`.
+    """
+    if dataset not in AUTHORS_EXAMPLE_INPUT:
+        raise ValueError(f"token_init='authors' needs dataset 'nyu' or 'kitti', got {dataset!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    height, width = AUTHORS_EXAMPLE_INPUT[dataset]
+    return ((batch_size, 3, height, width), (batch_size, 1, height, width))
+
+
+def authors_initial_tokens(
+    n_ctx: int,
+    n_depth: int,
+    learned_object: bool,
+    dataset: str = "nyu",
+    batch_size: int = AUTHORS_BATCH_SIZE,
+    seed: int = 42,
+    width: int = 512,
+) -> dict[str, torch.Tensor | None]:
+    """The initial tokens the authors' code draws, reproduced on CPU: ``{"ctx", "depth", "object"}``.
+
+    What it relies on (``DylanAuty/PromptLearningCLIP-MDE``, commit 0b30195):
+
+    - ``main.py`` calls ``pl.seed_everything(seed)`` (42), which seeds the *global* CPU generator with
+      ``torch.manual_seed(seed)``; nothing draws from it until the model is built.
+    - ``MainRunnerLM.__init__`` then draws ``torch.rand(B, 3, H, W)`` and ``torch.rand(B, 1, H, W)``
+      (its ``example_input_array``; shapes from :func:`authors_prelude_shapes`).
+    - ``DepthCLIP.__init__`` draws every new token as its own ``torch.normal(mean=0, std=0.02,
+      size=(1, 512))`` in this order: the template's context tokens (``<|prompt_0|>`` ...), the depth
+      tokens (``<|depth_0|>`` ...), the object token (``<|object_0|>``). ``clip.load`` comes after.
+    - Random-static ("rs") configs are the learned ones evaluated untrained, so random-N vectors are
+      the depth draws.
+
+    The same calls are made here on a private ``torch.Generator`` seeded with ``seed`` (a fresh CPU
+    generator seeded with s produces the stream of the global one after ``torch.manual_seed(s)``), so
+    the caller's global state is untouched. Equal values need the same CPU kernels as theirs
+    (``uniform_`` / ``normal_`` of the installed torch; they used torch 1.13.1) -- the test re-enacts
+    the sequence with the global generator on the torch installed here. Only the CPU generator is
+    meant: on CUDA the streams differ. ``width`` other than 512 (not RN50) is our extension.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    for shape in authors_prelude_shapes(dataset, batch_size):
+        torch.rand(shape, generator=gen)  # drawn and dropped: only the generator's advance matters
+
+    def draw(n: int) -> torch.Tensor | None:
+        if n == 0:
+            return None
+        return torch.cat([torch.normal(0.0, TOKEN_INIT_STD, size=(1, width), generator=gen) for _ in range(n)])
+
+    ctx = draw(n_ctx)
+    depth = draw(n_depth)
+    return {"ctx": ctx, "depth": depth, "object": draw(1) if learned_object else None}
+
+
+def token_distance(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """How far two sets of token vectors (``N x width`` each, row i against row i) lie apart.
+
+    Returns the mean and max Euclidean distance per token and the mean cosine similarity, e.g. to show
+    how far random-7 moves between ``token_init="ours"`` and ``"authors"`` or across seeds.
+    """
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"token_distance needs two N x width tensors of one shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    a64, b64 = a.detach().double(), b.detach().double()
+    dist = (a64 - b64).norm(dim=1)
+    cos = torch.nn.functional.cosine_similarity(a64, b64, dim=1)
+    return {"mean_l2": float(dist.mean()), "max_l2": float(dist.max()), "mean_cosine": float(cos.mean())}
+
+
 class PromptEncoder(nn.Module):
     """Encode the N bin prompts through CLIP's frozen text tower, with vector slots.
 
@@ -108,8 +202,17 @@ class PromptEncoder(nn.Module):
         learned_object: bool = False,
         seed: int = 42,
         truncate: bool = True,
+        token_init: TokenInit = "ours",
+        authors_dataset: str | None = None,
+        authors_batch_size: int = AUTHORS_BATCH_SIZE,
     ) -> None:
+        """``token_init="authors"`` draws as :func:`authors_initial_tokens` does, for ``authors_dataset``
+        (``nyu``/``kitti``: it fixes the size of their constructor's example input) and batch size."""
         super().__init__()
+        if token_init not in TOKEN_INITS:
+            raise ValueError(f"token_init must be one of {', '.join(TOKEN_INITS)}, got {token_init!r}")
+        if token_init == "authors" and authors_dataset is None:
+            raise ValueError("token_init='authors' needs authors_dataset ('nyu' or 'kitti')")
         if getattr(model, "transformer", None) is None or getattr(model, "token_embedding", None) is None:
             raise TypeError("PromptEncoder needs an open_clip CLIP with a built-in text tower")
         self.words_name = words
@@ -120,18 +223,25 @@ class PromptEncoder(nn.Module):
         object.__setattr__(self, "_clip", model)  # frozen, deliberately not a submodule
         tokenizer = clip_tokenizer()
         width = model.token_embedding.weight.shape[1]
-        gen = torch.Generator().manual_seed(seed)
         n_ctx = self.template.count("{ctx}")
+        n_vectors = self.depth.n if self.depth.kind != "words" else 0
+        self.token_init = token_init
+        if token_init == "authors":
+            init = authors_initial_tokens(n_ctx, n_vectors, learned_object, str(authors_dataset),
+                                          authors_batch_size, seed, width)
+        else:
+            gen = torch.Generator().manual_seed(seed)
 
-        def draw(n: int) -> torch.Tensor:
-            return torch.randn(n, width, generator=gen) * TOKEN_INIT_STD
+            def draw(n: int) -> torch.Tensor | None:
+                return torch.randn(n, width, generator=gen) * TOKEN_INIT_STD if n else None
 
-        # Draw order is fixed (context, depth, object) so a seed gives the same tokens every time.
-        self.ctx_tokens = nn.Parameter(draw(n_ctx)) if n_ctx else None
-        vectors = draw(self.depth.n) if self.depth.kind != "words" else None
+            # Draw order is fixed (context, depth, object) so a seed gives the same tokens every time.
+            init = {"ctx": draw(n_ctx), "depth": draw(n_vectors), "object": draw(1 if learned_object else 0)}
+        self.ctx_tokens = nn.Parameter(init["ctx"]) if n_ctx else None
+        vectors = init["depth"]
         self.depth_tokens = nn.Parameter(vectors) if self.depth.kind == "learned" else None
         self.register_buffer("random_tokens", vectors if self.depth.kind == "random" else None)
-        self.object_tokens = nn.Parameter(draw(1)) if learned_object else None
+        self.object_tokens = nn.Parameter(init["object"]) if learned_object else None
 
         sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
         rows: list[list[int]] = []
@@ -188,6 +298,82 @@ class PromptEncoder(nn.Module):
     def n_prompts(self) -> int:
         return self.depth.n
 
+    def _token_tensors(self) -> dict[str, torch.Tensor]:
+        """Public token name -> the parameter or buffer holding it (only the tokens this encoder has)."""
+        depth = self.depth_tokens if self.depth_tokens is not None else self.random_tokens
+        found = {"ctx": self.ctx_tokens, "depth": depth, "object": self.object_tokens}
+        return {name: t for name, t in found.items() if t is not None}
+
+    def token_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every token tensor this encoder has: ``ctx`` (n_ctx x width), ``depth`` (N x width)
+        for learned-N or random-N, ``object`` (1 x width) with a learned object token."""
+        return {name: tuple(t.shape) for name, t in self._token_tensors().items()}
+
+    def tokens(self) -> dict[str, torch.Tensor]:
+        """Detached copies of the current token values, by public name (the input of :meth:`set_tokens`)."""
+        return {name: t.detach().clone() for name, t in self._token_tensors().items()}
+
+    def set_tokens(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Set some or all tokens from ``{"ctx": ..., "depth": ..., "object": ...}``.
+
+        Each value must have exactly the shape :meth:`token_shapes` gives; it is copied (cast to the
+        token's dtype and device), so the optimiser keeps its parameters. Everything is checked before
+        anything is written: a bad name or shape raises ValueError naming the token and the expected
+        shape, and leaves the encoder unchanged.
+        """
+        own = self._token_tensors()
+        checked: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name, value in values.items():
+            if name not in own:
+                has = ", ".join(own) or "none (fixed words only)"
+                raise ValueError(f"no token {name!r} in this prompt encoder (words {self.words_name!r}, "
+                                 f"template {self.template_name!r}); its tokens: {has}")
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"token {name!r} must be a torch.Tensor, got {type(value).__name__}")
+            target = own[name]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"token {name!r} must have shape {tuple(target.shape)}, got {tuple(value.shape)}")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"token {name!r} holds NaN or infinite values")
+            checked.append((target, value))
+        with torch.no_grad():
+            for target, value in checked:
+                target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+    def load_tokens(self, state: Mapping[str, torch.Tensor | None], strict: bool = True) -> None:
+        """Load tokens from a state dict of named tensors: public names (``ctx``, ``depth``, ``object``) or
+        this module's ``state_dict()`` keys (``ctx_tokens``, ``depth_tokens``, ``random_tokens``,
+        ``object_tokens``; what the trainer saves as ``prompts.pt``). ``None`` entries are skipped.
+
+        ``strict`` (default): every token of this encoder must be given and no other key may appear.
+        """
+        values: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if value is None:
+                continue
+            name = _STATE_KEYS.get(key, key)
+            if name not in TOKEN_NAMES:
+                if strict:
+                    valid = ", ".join([*TOKEN_NAMES, *_STATE_KEYS])
+                    raise ValueError(f"unknown token key {key!r} in the state; valid keys: {valid}")
+                continue
+            if name in values:
+                raise ValueError(f"token {name!r} given twice in the state (as {key!r} and another key)")
+            values[name] = value
+        if strict:
+            missing = [name for name in self._token_tensors() if name not in values]
+            if missing:
+                shapes = self.token_shapes()
+                need = ", ".join(f"{n} {shapes[n]}" for n in missing)
+                raise ValueError(f"state lacks token(s) {need} (pass strict=False to load some only)")
+            extra = [name for name in values if name not in self._token_tensors()]
+            if extra:
+                raise ValueError(f"state has token(s) {', '.join(extra)} this prompt encoder does not have "
+                                 f"(its tokens: {', '.join(self._token_tensors()) or 'none'})")
+        else:
+            values = {k: v for k, v in values.items() if k in self._token_tensors()}
+        self.set_tokens(values)
+
     def _sources(self) -> dict[str, torch.Tensor | None]:
         return {"ctx": self.ctx_tokens, "object": self.object_tokens, "learned": self.depth_tokens,
                 "random": self.random_tokens}
@@ -218,6 +404,24 @@ class PromptEncoder(nn.Module):
             depth = self.depth.words[b] if self.depth.kind == "words" else f"<|depth_{b}|>"
             out.append(text.replace("{object}", obj).replace("{depth}", depth))
         return out
+
+
+#: CoOp's name for the learnable prompt module (Zhou et al. 2022); the same class as PromptEncoder.
+PromptLearner = PromptEncoder
+
+
+class TextEncoder:
+    """CoOp's name for the frozen text path: input embeddings -> projected EOT features.
+
+    A thin, stateless view of a CLIP model's text tower (not an ``nn.Module``, so it never adds CLIP's
+    weights to anyone's parameters); calling it is :func:`encode_embeddings`.
+    """
+
+    def __init__(self, model: open_clip.CLIP) -> None:
+        self.model = model
+
+    def __call__(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        return encode_embeddings(self.model, embeddings, eot_index)
 
 
 def encode_embeddings(model: open_clip.CLIP, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
