@@ -148,6 +148,8 @@ class Unit:
                 stack.enter_context(file_lock(t.run_dir, what=f"run folder of {t.resolved.name}"))
             done = {id(t): self.options.done(t) for t in trainers}
             pending = [t for t in trainers if done[id(t)] is None]
+            for t in pending:
+                t.validate_data()  # every file decoded before the first step (remembered once passed)
             if pending:
                 for t, result in zip(pending, self._compute(pending, clip_model), strict=True):
                     done[id(t)] = result
@@ -162,7 +164,8 @@ class SingleRow(Unit):
 
     def _compute(self, pending: list[Trainer], clip_model: Any) -> list[RunResult]:
         # the unit already holds the run-folder locks (a second flock on them would wait for ourselves)
-        return [t._run_locked(True, None, self.options.keep_examples, None) for t in pending]
+        # force=True would also drop the epoch checkpoints, so only a forced run starts again from scratch
+        return [t._run_locked(self.options.force, None, self.options.keep_examples, None) for t in pending]
 
 
 @torch.no_grad()

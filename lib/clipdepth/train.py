@@ -49,12 +49,13 @@ from .backbone import load_clip, weights_id
 from .codeid import code_fingerprint, git_state
 from .data.profile_data import open_split
 from .data.transforms import TrainTransform, to_tensor
+from .data.validate import validate_once
 from .evaluate import EvalResult, evaluate, flip_average
 from .experiments import ResolvedExperiment
 from .features import CachedFeatures, FeatureCache, FeatureKey, split_fingerprint
 from .heads import BinPromptDepth
 from .losses import SILogTarget, upsample
-from .methods import build_bin_prompt_model
+from .methods import model_for_experiment
 from .metrics import average_metrics, compute_metrics
 
 CHECKPOINT_FORMAT = 1
@@ -115,12 +116,8 @@ class RunResult:
 
 
 def build_model(resolved: ResolvedExperiment, clip_model: open_clip.CLIP) -> BinPromptDepth:
-    """The bin-prompt model an experiment describes (untrained tokens drawn from its seed)."""
-    return build_bin_prompt_model(
-        clip_model, resolved.words, resolved.template, resolved.bins, resolved.min_depth, resolved.max_depth,
-        text_norm=resolved.text_norm, logit_scale=resolved.logit_scale, seed=resolved.train.seed,
-        dense_mode=resolved.dense_mode, image_norm=resolved.image_norm, bn=resolved.train.bn,
-    )
+    """The bin-prompt model an experiment describes (untrained tokens drawn from its seed and token init)."""
+    return model_for_experiment(resolved, clip_model)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -273,6 +270,13 @@ class Trainer:
     def split(self, name: str):
         return open_split(self.resolved, name, **self._counts)
 
+    def validate_data(self) -> None:
+        """Decode every file this run will read (train when it trains, and test) before the first step, so
+        a corrupt or all-zero frame stops the run at once, naming the file, not after training."""
+        splits = ("train", "test") if self.resolved.epochs > 0 else ("test",)
+        for name in splits:
+            validate_once(self.split(name), self.runs_dir / "validated", progress=self.progress)
+
     def transform(self) -> TrainTransform:
         return TrainTransform(self.resolved.dataset, crop=tuple(self.resolved.train_size), seed=self.train_cfg.seed)
 
@@ -411,6 +415,7 @@ class Trainer:
 
     def _run_locked(self, force: bool, stop_after: int | None, keep_examples: int,
                     on_step: Callable[[int, int], None] | None) -> RunResult:
+        self.validate_data()
         if force and self.run_dir.exists():
             for f in self.run_dir.glob("epoch_*.pt"):
                 f.unlink()

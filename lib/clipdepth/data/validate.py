@@ -16,16 +16,19 @@ Listed files that do not exist are the readers' business (``on_missing``); they 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import hashlib
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_text
 from .base import ListDataset, Resolved
 from .common import DataError, check_pair, check_valid_depth, read_depth_u16, read_rgb
 
-__all__ = ["default_workers", "raise_if_invalid", "validate_split"]
+__all__ = ["default_workers", "files_signature", "raise_if_invalid", "validate_once", "validate_split"]
 
 
 def default_workers() -> int:
@@ -110,3 +113,45 @@ def raise_if_invalid(dataset: Any, progress: bool = True, workers: int | None = 
         more = f"; and {len(problems) - shown} more problem(s)" if len(problems) > shown else ""
         raise DataError(f"{len(problems)} unusable file(s) in the data this run reads: "
                         + "; ".join(problems[:shown]) + more)
+
+
+def files_signature(dataset: Any) -> str:
+    """SHA-256 over (path, size, mtime) of every file a list reader serves: changes when any file does."""
+    digest = hashlib.sha256()
+    items = list(dataset.items) if isinstance(dataset, ListDataset) else []
+    for item in items:
+        for path in (item.rgb, item.depth):
+            if path is None:
+                continue
+            try:
+                st = os.stat(path)
+                digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+_VALIDATED: set[str] = set()
+
+
+def validate_once(dataset: Any, marker_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                  workers: int | None = None) -> bool:
+    """:func:`raise_if_invalid`, skipped when these exact files (paths, sizes, times) already passed.
+
+    Passing is remembered in this process and, with ``marker_dir``, as an empty marker file named by
+    :func:`files_signature`, so the several notebooks of one ``./run_all.sh`` decode the data once.
+    Returns True when the files were decoded now, False when a previous pass was reused.
+    """
+    if not isinstance(dataset, ListDataset):
+        raise_if_invalid(dataset, progress=progress, workers=workers)
+        return True
+    signature = files_signature(dataset)
+    marker = Path(marker_dir) / f"{signature[:32]}.ok" if marker_dir is not None else None
+    if signature in _VALIDATED or (marker is not None and marker.is_file()):
+        _VALIDATED.add(signature)
+        return False
+    raise_if_invalid(dataset, progress=progress, workers=workers)
+    _VALIDATED.add(signature)
+    if marker is not None:
+        atomic_write_text(marker, f"{dataset.split_file}\n")
+    return True
