@@ -12,6 +12,8 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from clipdepth.backbone import dense_features, feature_stride, normalise_images, text_width
+from clipdepth.backbones import backbone_experiments, describe_backbone
+from clipdepth.experiments import config_hash, variant
 from clipdepth.prompts import (
     PromptEncoder,
     PromptTokenizer,
@@ -202,3 +204,46 @@ def test_convnext_cells_are_the_image_embedding_path_per_location():
 def test_timm_token_towers_are_refused_clearly():
     with pytest.raises(TypeError, match="token sequences"):
         dense_features(_model("ViT-B-16-SigLIP"), torch.rand(1, 3, 224, 224))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone sweep helper (clipdepth.backbones)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_backbone_experiments_builds_one_variant_per_pair():
+    pairs = [("RN50-quickgelu", "openai"), ("ViT-B-32-quickgelu", None), ("convnext_tiny", None)]
+    rows = backbone_experiments("t3/nyu/learned-7", pairs)
+    assert [(e.arch, e.dense_mode, w) for e, w in rows] == [
+        ("RN50-quickgelu", "depthclip", "openai"), ("ViT-B-32-quickgelu", "depthclip", None),
+        ("convnext_tiny", "depthclip", None)]
+    assert rows[1][0].name == "t3/nyu/learned-7[arch=ViT-B-32-quickgelu]"
+    assert len({config_hash(e) for e, _ in rows}) == 3
+    # maskclip is ResNet-only: kept on RN50, replaced by depthclip on the ViT
+    base = variant("t3/nyu/learned-7", dense_mode="maskclip")
+    (rn, _), (vit, _) = backbone_experiments(base, pairs[:2])
+    assert (rn.dense_mode, vit.dense_mode) == ("maskclip", "depthclip")
+    with pytest.raises(ValueError, match="not a pretrained tag of RN50-quickgelu"):
+        backbone_experiments("t3/nyu/learned-7", [("RN50-quickgelu", "laion2b")])
+    with pytest.raises(ValueError, match="unknown open_clip architecture"):
+        backbone_experiments("t3/nyu/learned-7", [("RN51", None)])
+
+
+@pytest.mark.parametrize(("arch", "family", "stride", "text_w", "width"), [
+    ("RN50-quickgelu", "ModifiedResNet", 32, 1024, 512),
+    ("ViT-B-32-quickgelu", "VisionTransformer", 32, 512, 512),
+    ("convnext_tiny", "timm", 32, 1024, 512),
+    ("PE-Core-T-16-384", "timm", 16, 512, 512),
+])
+def test_describe_backbone(arch, family, stride, text_w, width):
+    model = _model(arch)
+    d = describe_backbone(arch, (64, 96), model=model)
+    assert d["image_family"] == family
+    assert d["feature_stride"] == stride == feature_stride(model)
+    assert d["feature_grid"] == (64 // stride, 96 // stride)
+    assert d["text_width"] == text_w
+    # learned-7: seven input vectors of the text tower's token width, nothing else trainable
+    assert d["trainable_params_learned7"] == 7 * width == 7 * text_tower(model).token_embedding.embedding_dim
+    assert d["text_truncated"] is True
+    with pytest.raises(ValueError, match="not divisible"):
+        describe_backbone(arch, (65, 96), model=model)

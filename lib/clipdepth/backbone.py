@@ -146,7 +146,8 @@ def weights_id(weights: str | os.PathLike[str] | None, seed: int = 0) -> str:
 
 def text_width(model: open_clip.CLIP) -> int:
     """Width of the joint (projected) text space: 1024 for RN50, 512 for RN101 and ViT-B."""
-    proj = model.text_projection
+    tower = getattr(model, "text", None) or model  # CustomTextCLIP / CoCa keep the text tower in .text
+    proj = tower.text_projection
     return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
 
