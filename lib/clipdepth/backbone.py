@@ -18,6 +18,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import Bottleneck, ModifiedResNet
+from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
@@ -131,16 +132,29 @@ def _load_pretrained(arch: str, weights: str | os.PathLike[str]) -> open_clip.CL
 
 def text_width(model: open_clip.CLIP) -> int:
     """Width of the joint (projected) text space: 1024 for RN50, 512 for RN101 and ViT-B."""
-    proj = model.text_projection
+    tower = getattr(model, "text", None) or model  # CustomTextCLIP / CoCa keep the text tower in .text
+    proj = tower.text_projection
     return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
 
 def feature_stride(model: open_clip.CLIP) -> int:
-    """Pixels per feature cell: 32 for the ResNets, the patch size for ViTs."""
+    """Pixels per feature cell, per image-tower family.
+
+    ModifiedResNet (RN50, RN101, RN50x4...): 32 (stem 4, layer2-4 halve once each). open_clip
+    VisionTransformer: the patch size (32 for ViT-B/32, 16 for ViT-B/16, 14 for ViT-L/14). timm towers
+    (ConvNeXt CLIP): the last stage's reduction from timm's ``feature_info`` (32 for ConvNeXt).
+    """
     visual = model.visual
     if isinstance(visual, VisionTransformer):
         return int(visual.conv1.stride[0])
-    return 32
+    if isinstance(visual, ModifiedResNet):
+        return 32
+    if isinstance(visual, TimmModel):
+        info = getattr(visual.trunk, "feature_info", None)
+        if not info:
+            raise TypeError(f"timm tower {type(visual.trunk).__name__} does not report its feature stride")
+        return int(info[-1]["reduction"])
+    raise TypeError(f"unsupported visual tower {type(visual).__name__}")
 
 
 def normalise_images(images: torch.Tensor, policy: str = "imagenet") -> torch.Tensor:
@@ -187,6 +201,12 @@ def dense_features(
     - ``maskclip`` (ResNet): the attention pool's value and output projections applied to each patch
       (MaskCLIP), so patches land in the joint image-text space; L2-normalised.
     - ``tokens`` (ViT): patch tokens after ``ln_post`` and ``proj``, not normalised.
+    - timm convolutional towers (ConvNeXt CLIP): the trunk's last-stage map before global pooling, then
+      per location what open_clip applies after pooling -- the timm head's norm (ConvNeXt's
+      LayerNorm2d) and the pointwise projection (open_clip's linear/MLP ``head``, or timm's ``fc``) --
+      so each cell lands in the joint space, as ``ln_post`` + ``proj`` do per ViT token. ``depthclip``
+      L2-normalises each cell, ``tokens`` does not; ``maskclip`` is not defined there. Towers whose
+      pooling is not pointwise (attention pools, timm ViTs such as SigLIP/EVA) raise a TypeError.
 
     ViT positional embeddings are interpolated in 2-D (bicubic) for grids other than the pretraining
     one; the authors' code used a 1-D interpolation along the flattened sequence, which scrambles
@@ -223,7 +243,50 @@ def dense_features(
         if mode == "depthclip":
             tokens = F.normalize(tokens, dim=-1)
         return tokens.reshape(x.shape[0], h // stride, w // stride, -1).permute(0, 3, 1, 2)
+    if isinstance(visual, TimmModel):
+        if mode == "maskclip":
+            raise ValueError("mode 'maskclip' is implemented for ResNet backbones only")
+        cells = _timm_dense_cells(visual, x)
+        if mode == "depthclip":
+            cells = F.normalize(cells, dim=-1)
+        return cells.permute(0, 3, 1, 2)
     raise TypeError(f"unsupported visual tower {type(visual).__name__}")
+
+
+def _timm_dense_cells(visual: TimmModel, x: torch.Tensor) -> torch.Tensor:
+    """A convolutional timm tower's joint-space features per cell, ``B x h x w x D``.
+
+    open_clip pools the trunk's map (average), then applies the timm head's norm, its ``fc`` (a
+    projection when the config has ``proj: none``) and open_clip's own ``head``. Every step after the
+    pool acts on one vector, so applying them per cell gives features whose average-then-head analogue
+    is the image embedding; a step that mixes cells (attention pool) cannot be moved and is refused.
+    """
+    trunk = visual.trunk
+    name = type(trunk).__name__
+    fmap = trunk.forward_features(x.to(next(trunk.parameters()).dtype))
+    if fmap.ndim != 4:
+        raise TypeError(f"timm tower {name} returns token sequences; dense features support convolutional "
+                        "timm towers (ConvNeXt) only")
+    head = getattr(trunk, "head", None)
+    if head is not None and hasattr(head, "global_pool"):  # timm ClassifierHead / NormMlpClassifierHead
+        if not isinstance(getattr(head, "pre_logits", nn.Identity()), nn.Identity):
+            raise TypeError(f"timm tower {name} has an MLP pre-logits head; dense features are not defined")
+        norm = getattr(head, "norm", None)
+        if norm is not None:
+            fmap = norm(fmap)  # LayerNorm2d: per location over channels
+        cells = fmap.permute(0, 2, 3, 1)
+        fc = getattr(head, "fc", nn.Identity())
+        cells = fc(cells) if isinstance(fc, nn.Linear) else cells
+    elif head is None or isinstance(head, nn.Identity):
+        cells = fmap.permute(0, 2, 3, 1)
+    else:
+        raise TypeError(f"timm tower {name} has a head of type {type(head).__name__}; dense features not defined")
+    for layer in visual.head:
+        if "pool" in type(layer).__name__.lower():
+            raise TypeError(f"timm tower {name} pools with {type(layer).__name__}, which mixes cells")
+        if not isinstance(layer, nn.Dropout):
+            cells = layer(cells)
+    return cells
 
 
 def vit_positional_embedding(visual: VisionTransformer, grid: tuple[int, int]) -> torch.Tensor:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import open_clip
 import torch
+from open_clip.transformer import TextTransformer
 from torch import nn
 
 # Bin 0 (nearest) to bin N-1 (farthest); exact strings of the paper's Table 2 / the authors' code and
@@ -68,6 +69,82 @@ _SLOT = re.compile(r"\{(object|depth|ctx)\}")
 def clip_tokenizer() -> open_clip.tokenizer.SimpleTokenizer:
     """CLIP's BPE tokenizer (the same for every architecture here); built once, it reads a 1.3 MB vocabulary."""
     return open_clip.get_tokenizer("RN50-quickgelu")
+
+
+@dataclass(frozen=True)
+class PromptTokenizer:
+    """What the prompt encoder needs from a tokenizer: piecewise ``encode`` and the special ids.
+
+    A prompt row is ``prefix + encode(piece) ... + suffix`` padded with ``pad_id`` -- what the model's
+    own tokenizer produces for the whole string when it works word by word (CLIP's BPE does).
+    """
+
+    encode: Callable[[str], list[int]]
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pad_id: int
+    vocab_size: int
+
+
+def clip_prompt_tokenizer() -> PromptTokenizer:
+    """CLIP's BPE as a :class:`PromptTokenizer`: SOT prefix, EOT suffix, zero padding."""
+    tok = clip_tokenizer()
+    return PromptTokenizer(tok.encode, (tok.sot_token_id,), (tok.eot_token_id,), 0, len(tok.encoder))
+
+
+def text_tower(model: nn.Module) -> nn.Module:
+    """The module holding a model's text transformer parts.
+
+    open_clip's ``CLIP`` keeps them on the model itself; ``CustomTextCLIP`` and ``CoCa`` hold an
+    open_clip ``TextTransformer`` in ``model.text``. Towers built on Hugging Face models
+    (``HFTextEncoder``) are not supported: they have no input-embedding path this encoder can use.
+    """
+    if getattr(model, "transformer", None) is not None and getattr(model, "token_embedding", None) is not None:
+        return model
+    text = getattr(model, "text", None)
+    if isinstance(text, TextTransformer):
+        return text
+    if text is not None:
+        raise TypeError(
+            f"text tower {type(text).__name__} is not supported: PromptEncoder needs open_clip's own "
+            "transformer text tower (CLIP or TextTransformer), not a Hugging Face text model"
+        )
+    raise TypeError(f"{type(model).__name__} has no open_clip text tower")
+
+
+def text_pool_type(model: nn.Module) -> str:
+    """How the tower pools its token outputs: ``argmax`` (CLIP's EOT), ``eos``, ``first``, ``last``, or
+    ``cls`` (CoCa's appended class token, layer-normed after pooling), read from the model."""
+    tower = text_tower(model)
+    if tower is model:
+        return str(getattr(model, "text_pool_type", "argmax"))
+    return "cls" if tower.cls_emb is not None else str(tower.pool_type)
+
+
+def text_context_length(model: nn.Module) -> int:
+    """Token positions of the text tower's context (without CoCa's appended class token)."""
+    tower = text_tower(model)
+    n_pos = tower.positional_embedding.shape[0]
+    return int(n_pos - (1 if getattr(tower, "cls_emb", None) is not None else 0))
+
+
+def _masks_padding(tower: nn.Module) -> bool:
+    """Whether the tower masks padding keys (bidirectional towers with ``use_pad_mask``, and CoCa)."""
+    return bool(getattr(tower, "use_pad_mask", False)) or getattr(tower, "cls_emb", None) is not None
+
+
+def truncation_is_exact(model: nn.Module) -> bool:
+    """Whether cutting the context after the longest prompt leaves the pooled feature unchanged.
+
+    True when the pooled position is a real token (``argmax``/``eos``/``first``) and no real token can
+    see the padding: a causal mask, or a padding mask without an appended class token. SigLIP-style
+    ``last`` pooling reads the final padding position, bidirectional towers without a padding mask let
+    every token see the padding, and CoCa's class token sits at the end of the full context.
+    """
+    tower = text_tower(model)
+    if text_pool_type(model) not in ("argmax", "eos", "first"):
+        return False
+    return tower.attn_mask is not None or _masks_padding(tower)
 
 
 @dataclass(frozen=True)
@@ -189,8 +266,12 @@ class PromptEncoder(nn.Module):
     a submodule, so ``parameters()`` / ``state_dict()`` hold only this encoder's tokens: learnable
     depth, context and object tokens, and the frozen ``random-N`` vectors (a persistent buffer).
 
-    The context is truncated to the longest prompt: CLIP's text transformer is causal and pooled at
-    the EOT token, so positions after it cannot influence the output (tested to be exact).
+    Pooling and masking are read from the model (:func:`text_pool_type`), so any open_clip text tower
+    works: CLIP's causal, EOT-pooled transformer, SigLIP's bidirectional last-token tower, CoCa's
+    class-token tower. ``truncate=True`` cuts the context after the longest prompt only where that is
+    exact (:func:`truncation_is_exact`: CLIP is causal and pooled at EOT, so later positions cannot
+    influence the output; tested); elsewhere the full context is used and ``truncated`` says so.
+    Towers whose vocabulary is not CLIP's need their own ``tokenizer``.
     """
 
     def __init__(
@@ -205,6 +286,7 @@ class PromptEncoder(nn.Module):
         token_init: TokenInit = "ours",
         authors_dataset: str | None = None,
         authors_batch_size: int = AUTHORS_BATCH_SIZE,
+        tokenizer: PromptTokenizer | None = None,
     ) -> None:
         """``token_init="authors"`` draws as :func:`authors_initial_tokens` does, for ``authors_dataset``
         (``nyu``/``kitti``: it fixes the size of their constructor's example input) and batch size."""
@@ -213,16 +295,24 @@ class PromptEncoder(nn.Module):
             raise ValueError(f"token_init must be one of {', '.join(TOKEN_INITS)}, got {token_init!r}")
         if token_init == "authors" and authors_dataset is None:
             raise ValueError("token_init='authors' needs authors_dataset ('nyu' or 'kitti')")
-        if getattr(model, "transformer", None) is None or getattr(model, "token_embedding", None) is None:
-            raise TypeError("PromptEncoder needs an open_clip CLIP with a built-in text tower")
+        tower = text_tower(model)
+        pool = text_pool_type(model)
+        if pool not in ("argmax", "eos", "first", "last", "cls"):
+            raise ValueError(f"text pool type {pool!r} gives no single feature per prompt; PromptEncoder needs one")
         self.words_name = words
         self.template_name = template
         self.depth = parse_depth_words(words)
         self.template = resolve_template(template)
         self.learned_object = learned_object
         object.__setattr__(self, "_clip", model)  # frozen, deliberately not a submodule
-        tokenizer = clip_tokenizer()
-        width = model.token_embedding.weight.shape[1]
+        tokenizer = tokenizer or clip_prompt_tokenizer()
+        vocab = tower.token_embedding.num_embeddings
+        if tokenizer.vocab_size > vocab:
+            raise ValueError(
+                f"the text tower has a vocabulary of {vocab} tokens, the tokenizer {tokenizer.vocab_size}: "
+                "pass the model's own tokenizer (tokenizer=...)"
+            )
+        width = tower.token_embedding.weight.shape[1]
         n_ctx = self.template.count("{ctx}")
         n_vectors = self.depth.n if self.depth.kind != "words" else 0
         self.token_init = token_init
@@ -243,11 +333,10 @@ class PromptEncoder(nn.Module):
         self.register_buffer("random_tokens", vectors if self.depth.kind == "random" else None)
         self.object_tokens = nn.Parameter(init["object"]) if learned_object else None
 
-        sot, eot = tokenizer.sot_token_id, tokenizer.eot_token_id
         rows: list[list[int]] = []
         slots: list[tuple[int, int, str, int]] = []  # (prompt, position, source, index)
         for b in range(self.depth.n):
-            ids = [sot]
+            ids = list(tokenizer.prefix)
             ctx_i = 0
             for piece in re.split(r"(\{object\}|\{depth\}|\{ctx\})", self.template):
                 if piece == "{ctx}":
@@ -268,18 +357,28 @@ class PromptEncoder(nn.Module):
                         ids.append(0)
                 elif piece.strip():
                     ids += tokenizer.encode(piece)
-            ids.append(eot)
+            ids += tokenizer.suffix
             rows.append(ids)
-        full = model.positional_embedding.shape[0]
+        full = text_context_length(model)
         longest = max(len(r) for r in rows)
         if longest > full:
-            raise ValueError(f"prompts of {longest} tokens exceed CLIP's context of {full}")
-        self.length = longest if truncate else full
-        token_ids = torch.zeros(len(rows), self.length, dtype=torch.long)
+            raise ValueError(f"prompts of {longest} tokens exceed the text tower's context of {full}")
+        self.truncated = bool(truncate) and truncation_is_exact(model)
+        self.length = longest if self.truncated else full
+        token_ids = torch.full((len(rows), self.length), tokenizer.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
             token_ids[i, : len(r)] = torch.tensor(r)
         self.register_buffer("token_ids", token_ids, persistent=False)
-        self.register_buffer("eot_index", torch.tensor([len(r) - 1 for r in rows]), persistent=False)
+        self.register_buffer("n_tokens", torch.tensor([len(r) for r in rows]), persistent=False)
+        # The position the tower pools from, as its own pooling would find it on the real token ids
+        # (vector slots hold id 0 there, which never wins the argmax or matches an EOS id).
+        eos_id = getattr(tower, "eos_id", None) if tower is not model else getattr(model, "text_eos_id", None)
+        pool_at = {
+            "argmax": lambda r: max(range(len(r)), key=lambda i: (r[i], -i)),
+            "eos": lambda r: r.index(eos_id) if eos_id in r else len(r) - 1,
+            "first": lambda r: 0,
+        }.get(pool, lambda r: self.length - 1)
+        self.register_buffer("eot_index", torch.tensor([pool_at(r) for r in rows]), persistent=False)
         self._slots = slots
         for source in ("ctx", "object", "learned", "random"):
             sel = [s for s in slots if s[2] == source]
@@ -380,9 +479,9 @@ class PromptEncoder(nn.Module):
 
     def input_embeddings(self) -> torch.Tensor:
         """The ``N x L x width`` input sequence: word embeddings with vector slots substituted."""
-        model = self._clip
-        cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(self.token_ids).to(cast)
+        tower = text_tower(self._clip)
+        cast = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(self.token_ids).to(cast)
         for source, vectors in self._sources().items():
             if vectors is None:
                 continue
@@ -391,8 +490,8 @@ class PromptEncoder(nn.Module):
         return x
 
     def forward(self) -> torch.Tensor:
-        """Projected EOT features of all N prompts, ``N x D`` (not normalised)."""
-        return encode_embeddings(self._clip, self.input_embeddings(), self.eot_index)
+        """Projected pooled features of all N prompts, ``N x D`` (not normalised)."""
+        return encode_embeddings(self._clip, self.input_embeddings(), self.eot_index, self.n_tokens)
 
     def prompt_strings(self) -> list[str]:
         """Readable prompts; vector slots shown as ``<|depth_i|>``, ``<|prompt_j|>``, ``<|object_0|>``."""
@@ -420,20 +519,53 @@ class TextEncoder:
     def __init__(self, model: open_clip.CLIP) -> None:
         self.model = model
 
-    def __call__(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        return encode_embeddings(self.model, embeddings, eot_index)
+    def __call__(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                 n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return encode_embeddings(self.model, embeddings, eot_index, n_tokens)
 
 
-def encode_embeddings(model: open_clip.CLIP, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-    """CLIP's text path from input embeddings: add positions, causal transformer, ln_final, EOT pool,
-    projection. ``x`` is ``N x L x width`` with ``L`` at most the model's context length."""
-    length = x.shape[1]
-    x = x + model.positional_embedding[:length].to(x.dtype)
-    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-    x = model.transformer(x, attn_mask=mask)
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
-    proj = model.text_projection
+def encode_embeddings(
+    model: nn.Module, x: torch.Tensor, eot_index: torch.Tensor, n_tokens: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The text tower's path from input embeddings: positions, transformer (with the tower's own
+    masks), final norm, pooling as :func:`text_pool_type` says, projection.
+
+    ``x`` is ``N x L x width`` with ``L`` at most the context length; ``eot_index`` is the pooled
+    position for ``argmax``/``eos``/``first`` pooling (``last`` and ``cls`` ignore it); ``n_tokens``
+    (real tokens per prompt, the rest is padding) is needed by towers that mask padding keys.
+    """
+    tower = text_tower(model)
+    pool = text_pool_type(model)
+    n, length = x.shape[0], x.shape[1]
+    cls = getattr(tower, "cls_emb", None)
+    if cls is not None:
+        x = torch.cat([x, cls.to(x.dtype).expand(n, 1, -1)], dim=1)
+    seq = x.shape[1]
+    x = x + tower.positional_embedding[:seq].to(x.dtype)
+    mask = tower.attn_mask[:seq, :seq] if tower.attn_mask is not None else None
+    if _masks_padding(tower):
+        if n_tokens is None:
+            raise ValueError(f"{type(tower).__name__} masks padding: encode_embeddings needs n_tokens")
+        valid = torch.arange(length, device=x.device)[None] < n_tokens.to(x.device)[:, None]
+        if cls is not None:  # open_clip keeps CoCa's legacy order (class-token key first) unless corrected
+            ones = valid.new_ones(n, 1)
+            valid = torch.cat([valid, ones] if tower.correct_cls_mask else [ones, valid], dim=1)
+        pad = torch.zeros(n, seq, seq, dtype=x.dtype, device=x.device)
+        pad.masked_fill_(~valid[:, None, :], float("-inf"))
+        pad = pad.repeat_interleave(tower.heads, 0)
+        mask = pad if mask is None else mask.unsqueeze(0) + pad
+    x = tower.transformer(x, attn_mask=mask)
+    if pool == "cls":
+        x = tower.ln_final(x[:, -1])
+    else:
+        x = tower.ln_final(x)
+        if pool == "last":
+            x = x[:, -1]
+        elif pool == "first":
+            x = x[:, 0]
+        else:
+            x = x[torch.arange(n, device=x.device), eot_index.to(x.device)]
+    proj = tower.text_projection
     if proj is None:
         return x
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj
