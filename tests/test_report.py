@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from clipdepth import experiments, report, report_html  # noqa: E402
+from clipdepth import experiments, notebook, report, report_html  # noqa: E402
 from clipdepth.metrics import METRIC_NAMES  # noqa: E402
 from clipdepth.reference import reference_for  # noqa: E402
 
@@ -292,9 +292,9 @@ def test_index_survives_a_broken_results_file(tmp_path) -> None:
 def test_force_recomputes_a_shared_run_once_per_run_all(tmp_path) -> None:
     """run_all --force sets CLIPDEPTH_FORCE_SINCE; a result written after it is not recomputed again."""
     result = tmp_path / "result.json"
-    assert not report._recomputed_since(result, "0")  # no result yet: recompute
+    assert not notebook._recomputed_since(result, "0")  # no result yet: recompute
     result.write_text("{}")
     written = result.stat().st_mtime
-    assert report._recomputed_since(result, f"{written - 10:.3f}")  # written during this invocation
-    assert not report._recomputed_since(result, f"{written + 10:.3f}")  # older than the invocation
-    assert not report._recomputed_since(result, None) and not report._recomputed_since(result, "soon")
+    assert notebook._recomputed_since(result, f"{written - 10:.3f}")  # written during this invocation
+    assert not notebook._recomputed_since(result, f"{written + 10:.3f}")  # older than the invocation
+    assert not notebook._recomputed_since(result, None) and not notebook._recomputed_since(result, "soon")

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .provenance import environment_info, find_cached_weights
+
 __all__ = [
     "NOTEBOOK_GLOB",
     "NotebookParameterError",
@@ -210,43 +212,6 @@ _HOW_SPLITS = (
     "`clipdepth data download splits` (copies the BTS lists into ~/.cache/clipdepth/splits), or put the "
     "list into the dataset root"
 )
-
-
-def find_cached_weights(arch: str, tag: str) -> Path | None:
-    """The local file open_clip would load for ``(arch, tag)`` without a network, if there is one.
-
-    Looks where open_clip downloads to: the Hugging Face hub cache (its preferred source) and
-    ``~/.cache/clip`` (OpenAI URLs). Never downloads.
-    """
-    try:
-        import open_clip
-    except ImportError:
-        return None
-    try:
-        cfg = open_clip.get_pretrained_cfg(arch, tag)
-    except Exception:
-        return None
-    if not cfg:
-        return None
-    hub = cfg.get("hf_hub") or ""
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            model_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-            names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-            for name in names:
-                found = try_to_load_from_cache(model_id, name)
-                if isinstance(found, str) and Path(found).is_file():
-                    return Path(found)
-    url = cfg.get("url") or ""
-    if url:
-        candidate = Path("~/.cache/clip").expanduser() / os.path.basename(url)
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _check_dataset(dataset: str, data_dir: Path) -> list[Missing]:
@@ -603,8 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if err:
                 print(f"  warning: could not render {job.name}.html: {err}", file=sys.stderr)
 
-    # 4. index
-    from .report import environment_info, write_index
+    # 4. index (imported here, not at the top: report_html loads torch through the metrics, seconds that
+    # the argument and prerequisite checks above must not wait for)
+    from .report_html import write_index
 
     env_info = environment_info()
     run = {
