@@ -19,6 +19,10 @@ the notebook), ``logs/<name>.log``, ``run_all.json`` and ``index.html``.
 
 Exit status: 0 all notebooks succeeded; 1 some failed (listed at the end); 2 bad arguments (unknown
 parameter, notebook or profile); 3 the paper profile's prerequisites are missing.
+
+Long because: it is one command read top to bottom in the order it runs (notebook parameters,
+paper-profile prerequisites, the parallel run, rendering, the index); the prerequisite checks are the
+piece to move into their own module if it grows further.
 """
 
 from __future__ import annotations
