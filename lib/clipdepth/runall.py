@@ -69,7 +69,6 @@ DEMO_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "TQDM_DI
 PAPER_ENV: dict[str, str] = {"MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
 
 
-_TQDM_WARNING = "ignore:IProgress not found"
 
 
 class NotebookParameterError(ValueError):
@@ -416,6 +415,23 @@ def _last_error(log: Path) -> str:
     return lines[-1][-300:] if lines else ""
 
 
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _without_widgets(nb: Any) -> Any:
+    """The notebook without Jupyter widget outputs (progress bars) and their saved state.
+
+    A static page cannot run widgets: nbconvert would load a widget renderer from unpkg.com (absent
+    offline) and fall back to the bar's first frame ("0%"), so a bar in a report is only noise. The
+    executed ``.ipynb`` keeps them for JupyterLab.
+    """
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if _WIDGET_VIEW not in o.get("data", {})]
+    return nb
+
+
 def _render_html(out_nb: Path, html_path: Path) -> str | None:
     """Executed notebook -> HTML without code cells; returns an error message or None."""
     try:
@@ -426,7 +442,7 @@ def _render_html(out_nb: Path, html_path: Path) -> str | None:
         exporter.exclude_input = True
         exporter.exclude_input_prompt = True
         exporter.exclude_output_prompt = True
-        body, _ = exporter.from_notebook_node(nbformat.read(str(out_nb), as_version=4))
+        body, _ = exporter.from_notebook_node(_without_widgets(nbformat.read(str(out_nb), as_version=4)))
         html_path.write_text(body, encoding="utf-8")
     except Exception as exc:  # a rendering problem must not hide the run's results
         return f"{type(exc).__name__}: {exc}"
@@ -509,9 +525,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = dict(DEMO_ENV if args.profile == "demo" else PAPER_ENV)
         if args.force:  # rows shared by several notebooks are recomputed once per invocation
             env["CLIPDEPTH_FORCE_SINCE"] = f"{force_since:.3f}"
-        # tqdm.auto warns in every kernel without ipywidgets although progress bars are off: keep it out
-        # of the pages
-        env["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _TQDM_WARNING]))
         if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
             # parallel notebooks share the CPU cores instead of each starting one thread per core
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
