@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from clipdepth import neighbours as nb
+from clipdepth.neighbours import sweep as nb_sweep
 from clipdepth.prompts import PromptEncoder, encode_embeddings
 
 TOKENIZER = open_clip.get_tokenizer("RN50-quickgelu")
@@ -212,7 +213,7 @@ def test_cache_hit_and_miss(rn50, tmp_path, monkeypatch):
 
     calls = []
     real = nb.encode_fillings
-    monkeypatch.setattr(nb, "encode_fillings", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(nb_sweep, "encode_fillings", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = sweep_()
     assert again.from_cache and not calls
     assert torch.equal(again.features, first.features) and again.prompts_per_s == first.prompts_per_s

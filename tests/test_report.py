@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from clipdepth import experiments, report, report_html  # noqa: E402
+from clipdepth import experiments, notebook, report, report_html  # noqa: E402
 from clipdepth.metrics import METRIC_NAMES  # noqa: E402
 from clipdepth.reference import reference_for  # noqa: E402
 
@@ -33,7 +33,13 @@ def ctx(tmp_path, monkeypatch):
     for var in ("CLIPDEPTH_DATA_DIR", "HF_HUB_OFFLINE", "TQDM_DISABLE"):
         monkeypatch.setenv(var, "placeholder")
     params = {"profile": "demo", "datasets": ["nyu"], "data_dir": str(tmp_path / "data"), "seed": 1, "weights": None}
-    return report.start_notebook("99_unit", params, profile="demo", reports_dir=tmp_path / "reports")
+    with _pandas_options_restored():
+        yield report.start_notebook("99_unit", params, profile="demo", reports_dir=tmp_path / "reports")
+
+
+def _pandas_options_restored():
+    """Undo the display options start_notebook sets, so no other test sees them."""
+    return pd.option_context(*[x for option in notebook.DISPLAY_OPTIONS for x in (option, pd.get_option(option))])
 
 
 # -- tolerance and comparison -------------------------------------------------------------------
@@ -165,6 +171,18 @@ def test_start_notebook_prepares_folders_and_environment(ctx, tmp_path) -> None:
     assert ctx.experiment_names("t4") == [e.name for e in experiments.select(table="t4", dataset="nyu")]
 
 
+def test_start_notebook_shows_wide_comparison_tables_whole(tmp_path) -> None:
+    names = [e.name for e in experiments.select(table="t3", dataset="nyu")]
+    table = report.comparison_table(report.compare_with_paper([_row(n) for n in names]))
+    assert table.shape[1] > 20  # wider than pandas' default display.max_columns
+    with _pandas_options_restored(), pd.option_context("display.max_columns", 20):
+        assert "<th>...</th>" in table._repr_html_()  # what a notebook page showed before
+        report.start_notebook("99_unit", {}, profile="demo", reports_dir=tmp_path)
+        html = table._repr_html_()
+        assert "<th>...</th>" not in html and "<td>...</td>" not in html
+        assert html.count("<th>ours</th>") == table.columns.get_level_values(1).tolist().count("ours")
+
+
 def test_start_notebook_rejects_unknown_profile(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown profile 'full'"):
         report.start_notebook("x", {}, profile="full", reports_dir=tmp_path)
@@ -292,9 +310,9 @@ def test_index_survives_a_broken_results_file(tmp_path) -> None:
 def test_force_recomputes_a_shared_run_once_per_run_all(tmp_path) -> None:
     """run_all --force sets CLIPDEPTH_FORCE_SINCE; a result written after it is not recomputed again."""
     result = tmp_path / "result.json"
-    assert not report._recomputed_since(result, "0")  # no result yet: recompute
+    assert not notebook._recomputed_since(result, "0")  # no result yet: recompute
     result.write_text("{}")
     written = result.stat().st_mtime
-    assert report._recomputed_since(result, f"{written - 10:.3f}")  # written during this invocation
-    assert not report._recomputed_since(result, f"{written + 10:.3f}")  # older than the invocation
-    assert not report._recomputed_since(result, None) and not report._recomputed_since(result, "soon")
+    assert notebook._recomputed_since(result, f"{written - 10:.3f}")  # written during this invocation
+    assert not notebook._recomputed_since(result, f"{written + 10:.3f}")  # older than the invocation
+    assert not notebook._recomputed_since(result, None) and not notebook._recomputed_since(result, "soon")

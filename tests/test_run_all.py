@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from clipdepth import experiments, runall
@@ -205,3 +206,21 @@ def test_run_all_one_notebook_end_to_end(tmp_path: Path) -> None:
     assert experiments.DEMO_BANNER in page
     executed = json.loads((out / "01_token_ablation.ipynb").read_text())
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+
+
+def test_rendered_page_has_no_progress_bar_widgets(tmp_path) -> None:
+    """A progress bar in an executed notebook (tqdm with ipywidgets) must not reach the static page."""
+    nb = nbformat.v4.new_notebook()
+    view = {"model_id": "abc", "version_major": 2, "version_minor": 0}
+    nb.cells = [nbformat.v4.new_code_cell("work()", outputs=[
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": view,
+                                                     "text/plain": "epoch 1:   0%|          | 0/3"}),
+        nbformat.v4.new_output("stream", text="abs_rel 0.412\n"),
+    ])]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    path = tmp_path / "run.ipynb"
+    nbformat.write(nb, str(path))
+    assert runall._render_html(path, tmp_path / "run.html") is None
+    page = (tmp_path / "run.html").read_text(encoding="utf-8")
+    assert "abs_rel 0.412" in page
+    assert "0/3" not in page and "widget-view+json\">" not in page and "unpkg.com" not in page

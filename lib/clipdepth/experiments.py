@@ -35,6 +35,10 @@ import under these names; splitting it would need re-exports that import back in
 Method vs. run: an :class:`Experiment` holds only the *method* (what the paper specifies). A
 :class:`Profile` (``demo`` or ``paper``) supplies where the data is, which weights, image sizes and
 epoch count; :func:`resolve` combines the two and can never change a method field.
+
+Long because: the registry, the profiles that resolve its rows and the ``clipdepth experiments``
+console share one vocabulary and are read together; the console (``describe``, ``format_table``,
+``add_parser``) is the piece to move out once the registry is kept as data.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 Why a separate writer that reads ``results.json`` files: the index must cover notebooks run in
 different invocations (``--only``), notebooks added later (04, 05) and notebooks that failed, and it
 must not depend on notebook internals. Each notebook leaves ``<name>/results.json`` (written by
-:func:`clipdepth.report.finish_notebook`) and ``./run_all.sh`` leaves ``<name>.html`` (the executed
+:func:`clipdepth.notebook.finish_notebook`) and ``./run_all.sh`` leaves ``<name>.html`` (the executed
 notebook without code) and ``run_all.json`` (statuses and times of the last invocation); this module
 joins them into a self-contained HTML page with no external assets.
 
 Scorecard: one line per table row with, for every published metric, our value, the paper's and the
-difference, coloured by :data:`clipdepth.report.TOLERANCE`; then the count of metrics within
+difference, coloured by :data:`clipdepth.scorecard.TOLERANCE`; then the count of metrics within
 tolerance. A final check lists every row of paper Tables 3-7 that no results file contains.
 """
 
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import experiments
+from .atomic import atomic_write_text
+from .scorecard import METRIC_LABELS, TOLERANCE
 
 __all__ = ["SCORE_METRICS", "TABLE_TITLES", "collect_results", "expected_rows", "render_index", "write_index"]
 
@@ -136,8 +138,6 @@ def _metric_cell(rec: Mapping[str, Any] | None) -> str:
 
 
 def _scorecard_html(tables: dict[str, list[dict[str, Any]]]) -> str:
-    from .report import METRIC_LABELS
-
     parts = []
     order = list(TABLE_TITLES)
     for table, entries in sorted(tables.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else
@@ -238,8 +238,6 @@ def render_index(profile_dir: str | os.PathLike[str], run: Mapping[str, Any] | N
     tables = _scorecard_rows(results)
     present = {e["experiment"] for entries in tables.values() for e in entries}
     missing = [name for name in expected_rows() if name not in present]
-    from .report import TOLERANCE
-
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -293,7 +291,4 @@ def write_index(profile_dir: str | os.PathLike[str], run: Mapping[str, Any] | No
     profile_dir = Path(profile_dir)
     profile_dir.mkdir(parents=True, exist_ok=True)
     path = profile_dir / "index.html"
-    tmp = profile_dir / ".index.html.tmp"
-    tmp.write_text(render_index(profile_dir, run), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, render_index(profile_dir, run))

@@ -29,6 +29,10 @@ the notebook), ``logs/<name>.log``, ``run_all.json`` and ``index.html``.
 Exit status: 0 all notebooks succeeded; 1 some failed (listed at the end); 2 bad arguments (unknown
 parameter, a value its declaration does not allow, unknown notebook or profile); 3 the paper
 profile's prerequisites are missing or unusable.
+
+Long because: it is one command read top to bottom in the order it runs (notebook parameters,
+paper-profile prerequisites, the parallel run, rendering, the index); the prerequisite checks are the
+piece to move into their own module if it grows further.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import Any
 
 from .executors import ExecutorError, add_executor_arguments, options_from_args
 from .params import PARAMETERS, ParameterError, check_parameter, looks_like_file
+from .provenance import environment_info, find_cached_weights
 
 __all__ = [
     "NOTEBOOK_GLOB",
@@ -77,7 +82,6 @@ DEMO_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "TQDM_DI
 PAPER_ENV: dict[str, str] = {"MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
 
 
-_TQDM_WARNING = "ignore:IProgress not found"
 
 
 class NotebookParameterError(ValueError):
@@ -233,43 +237,6 @@ _HOW_SPLITS = (
     "`clipdepth data download splits` (copies the BTS lists into ~/.cache/clipdepth/splits), or put the "
     "list into the dataset root"
 )
-
-
-def find_cached_weights(arch: str, tag: str) -> Path | None:
-    """The local file open_clip would load for ``(arch, tag)`` without a network, if there is one.
-
-    Looks where open_clip downloads to: the Hugging Face hub cache (its preferred source) and
-    ``~/.cache/clip`` (OpenAI URLs). Never downloads.
-    """
-    try:
-        import open_clip
-    except ImportError:
-        return None
-    try:
-        cfg = open_clip.get_pretrained_cfg(arch, tag)
-    except Exception:
-        return None
-    if not cfg:
-        return None
-    hub = cfg.get("hf_hub") or ""
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            model_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-            names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-            for name in names:
-                found = try_to_load_from_cache(model_id, name)
-                if isinstance(found, str) and Path(found).is_file():
-                    return Path(found)
-    url = cfg.get("url") or ""
-    if url:
-        candidate = Path("~/.cache/clip").expanduser() / os.path.basename(url)
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 #: Bad files listed one by one before the rest are summarised in one line.
@@ -501,6 +468,23 @@ def _last_error(log: Path) -> str:
     return lines[-1][-300:] if lines else ""
 
 
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _without_widgets(nb: Any) -> Any:
+    """The notebook without Jupyter widget outputs (progress bars) and their saved state.
+
+    A static page cannot run widgets: nbconvert would load a widget renderer from unpkg.com (absent
+    offline) and fall back to the bar's first frame ("0%"), so a bar in a report is only noise. The
+    executed ``.ipynb`` keeps them for JupyterLab.
+    """
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if _WIDGET_VIEW not in o.get("data", {})]
+    return nb
+
+
 def _render_html(out_nb: Path, html_path: Path) -> str | None:
     """Executed notebook -> HTML without code cells; returns an error message or None."""
     try:
@@ -511,7 +495,7 @@ def _render_html(out_nb: Path, html_path: Path) -> str | None:
         exporter.exclude_input = True
         exporter.exclude_input_prompt = True
         exporter.exclude_output_prompt = True
-        body, _ = exporter.from_notebook_node(nbformat.read(str(out_nb), as_version=4))
+        body, _ = exporter.from_notebook_node(_without_widgets(nbformat.read(str(out_nb), as_version=4)))
         html_path.write_text(body, encoding="utf-8")
     except Exception as exc:  # a rendering problem must not hide the run's results
         return f"{type(exc).__name__}: {exc}"
@@ -606,9 +590,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = dict(DEMO_ENV if args.profile == "demo" else PAPER_ENV)
         if args.force:  # rows shared by several notebooks are recomputed once per invocation
             env["CLIPDEPTH_FORCE_SINCE"] = f"{force_since:.3f}"
-        # tqdm.auto warns in every kernel without ipywidgets although progress bars are off: keep it out
-        # of the pages
-        env["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _TQDM_WARNING]))
         if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
             # parallel notebooks share the CPU cores instead of each starting one thread per core
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
@@ -669,8 +650,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if err:
                 print(f"  warning: could not render {job.name}.html: {err}", file=sys.stderr)
 
-    # 4. index
-    from .report import environment_info, write_index
+    # 4. index (imported here, not at the top: report_html loads torch through the metrics, seconds that
+    # the argument and prerequisite checks above must not wait for)
+    from .report_html import write_index
 
     env_info = environment_info()
     run = {

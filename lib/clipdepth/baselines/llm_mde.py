@@ -67,6 +67,9 @@ deterministic WordPiece vocabulary that covers the prompt (:func:`demo_tokenizer
 nothing can be downloaded); ``pretrained=True`` (paper) loads timm's ``vit_base_patch16_224`` and
 ``google-bert/bert-base-uncased`` from the local Hugging Face cache only and raises
 :class:`~clipdepth.backbone.WeightsUnavailableError` naming what to download when they are missing.
+
+Long because: it follows one paper's code end to end (prompts, modules, builders, their normalised
+scoring) in the authors' order, so that each step can be checked against their files side by side.
 """
 
 from __future__ import annotations

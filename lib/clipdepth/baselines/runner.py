@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import experiments
+from ..atomic import atomic_write, atomic_write_text
 from ..data.profile_data import open_split
 from ..evaluate import evaluate
 from . import clip2depth, llm_mde
@@ -185,11 +186,14 @@ def _save(result: BaselineResult) -> None:
     if result.examples:
         arrays = {f"{k}_{i}": np.asarray(ex[k]) for i, ex in enumerate(result.examples)
                   for k in ("image", "depth", "pred")}
-        np.savez_compressed(result.run_dir / "examples.npz", **arrays,
-                            names=np.array([ex["name"] for ex in result.examples]))
-    tmp = result.run_dir / ".result.json.tmp"
-    tmp.write_text(json.dumps(result.to_json(), indent=2, default=str))
-    os.replace(tmp, result.run_dir / "result.json")
+        names = np.array([ex["name"] for ex in result.examples])
+
+        def write_examples(tmp: Path) -> None:
+            with tmp.open("wb") as fh:  # a file object: np.savez would append ".npz" to a temporary's name
+                np.savez_compressed(fh, **arrays, names=names)
+
+        atomic_write(result.run_dir / "examples.npz", write_examples)
+    atomic_write_text(result.run_dir / "result.json", json.dumps(result.to_json(), indent=2, default=str))
 
 
 def _load(run_dir: Path) -> BaselineResult:

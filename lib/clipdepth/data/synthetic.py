@@ -33,6 +33,10 @@ with matching split lists and a manifest, so the demo reads them with :class:`NY
 not change when the number of training frames does. For reduced KITTI-like sizes, prefer multiples
 of 32: the KITTI reader crops frames smaller than 352x1216 to the largest multiple of 32 (bottom
 aligned, centred), see :func:`clipdepth.data.kitti.kb_crop_size`.
+
+Long because: it is one renderer; the camera, the ray tracer, the shading and the two scene families
+share private scene types (``_Scene``, ``_Box``, ``_Material``) that splitting would make public for
+no reader's benefit. Sections follow the rendering order.
 """
 
 from __future__ import annotations

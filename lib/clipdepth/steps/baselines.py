@@ -1,9 +1,11 @@
 """The baseline-comparison notebook's steps: run every method, make table rows, put published numbers beside.
 
 Why here and not in the notebook: the notebook must stay a dozen readable calls (DESIGN.md 1-2) and
-these steps are tested without Jupyter. Rows follow :mod:`clipdepth.report`'s conventions (``experiment``,
+these steps are tested without Jupyter. Why not in :mod:`clipdepth.baselines`: they run registry rows
+through the report layer, which the method package must not depend on. Rows follow
+:func:`clipdepth.notebook.run_rows`' conventions (``experiment``,
 ``table``, ``dataset``, ``row_label``, every metric of :data:`clipdepth.metrics.METRIC_NAMES`, run facts;
-a ``reference`` dict where a like-for-like published number exists), so ``report.finish_notebook``
+a ``reference`` dict where a like-for-like published number exists), so :func:`clipdepth.notebook.finish_notebook`
 writes them with the other notebooks' results.
 
 Methods and their rows (one per method and dataset):
@@ -25,16 +27,19 @@ from typing import Any
 
 import pandas as pd
 
-from .. import experiments, report
+from .. import experiments
+from ..baselines.clip2depth import CLIP2DepthConfig
+from ..baselines.llm_mde import LLMMDEConfig, expected_trainable_parameters
+from ..baselines.published import PUBLISHED, clip2depth_implied_abs_rel
+from ..baselines.runner import run_baseline
 from ..data.profile_data import open_split
 from ..evaluate import evaluate
 from ..methods import depthclip_zero_shot
 from ..metrics import METRIC_NAMES
+from ..notebook import NotebookContext, run_rows
+from ..provenance import repo_path, resolve_device
 from ..reference import reference_for
-from .clip2depth import CLIP2DepthConfig
-from .llm_mde import LLMMDEConfig, expected_trainable_parameters
-from .published import PUBLISHED, clip2depth_implied_abs_rel
-from .runner import run_baseline
+from ..train import resolve_row
 
 __all__ = [
     "DEMO_SETTINGS",
@@ -75,20 +80,20 @@ def _metrics(values: Mapping[str, float]) -> dict[str, float]:
     return {m: float(values.get(m, math.nan)) for m in METRIC_NAMES}
 
 
-def _device(ctx: report.NotebookContext) -> str:
-    return report.resolve_device(ctx.params.get("device", "cpu"))
+def _device(ctx: NotebookContext) -> str:
+    return resolve_device(ctx.params.get("device", "cpu"))
 
 
-def depthclip_rows(ctx: report.NotebookContext, keep_examples: int = 3) -> list[dict[str, Any]]:
+def depthclip_rows(ctx: NotebookContext, keep_examples: int = 3) -> list[dict[str, Any]]:
     """DepthCLIP zero-shot on NYU in its own protocol (registry row) and in the metric protocol."""
     if "nyu" not in ctx.datasets:
         return []
     name = "depthclip/nyu/zero-shot"
-    own = report.run_rows(ctx, [name], keep_examples=keep_examples)[0]
+    own = run_rows(ctx, [name], keep_examples=keep_examples)[0]
     own.update(method=METHOD_LABELS["depthclip-own"], row_label=METHOD_LABELS["depthclip-own"],
                protocol="DepthCLIP (input box, zero canvas)", n_trainable=0)
     p = ctx.params
-    resolved = report.resolve_row(name, ctx.profile, p.get("train_mode", "cached"), None, p.get("weights"))
+    resolved = resolve_row(name, ctx.profile, p.get("train_mode", "cached"), None, p.get("weights"))
     clip = ctx.clip(resolved.arch, resolved.weights, _device(ctx))
     own["n_parameters"] = sum(t.numel() for t in clip.parameters())
     test = open_split(resolved, "test")
@@ -104,11 +109,11 @@ def depthclip_rows(ctx: report.NotebookContext, keep_examples: int = 3) -> list[
     return [own, metric]
 
 
-def learned_rows(ctx: report.NotebookContext, keep_examples: int = 3) -> list[dict[str, Any]]:
+def learned_rows(ctx: NotebookContext, keep_examples: int = 3) -> list[dict[str, Any]]:
     """The paper's learned-7 rows (Table 3) for the notebook's datasets, with its trainer."""
-    rows = report.run_rows(ctx, [f"t3/{d}/learned-7" for d in ctx.datasets], keep_examples=keep_examples)
+    rows = run_rows(ctx, [f"t3/{d}/learned-7" for d in ctx.datasets], keep_examples=keep_examples)
     for row in rows:
-        resolved = report.resolve_row(row["experiment"], ctx.profile, ctx.params.get("train_mode", "cached"))
+        resolved = resolve_row(row["experiment"], ctx.profile, ctx.params.get("train_mode", "cached"))
         clip = ctx.clip(resolved.arch, resolved.weights, _device(ctx))
         n_tokens = resolved.experiment.n_trainable_tokens
         width = clip.token_embedding.weight.shape[1]
@@ -118,14 +123,14 @@ def learned_rows(ctx: report.NotebookContext, keep_examples: int = 3) -> list[di
     return rows
 
 
-def _setting(ctx: report.NotebookContext, method: str, name: str) -> Any:
+def _setting(ctx: NotebookContext, method: str, name: str) -> Any:
     value = ctx.params.get(f"{_PARAM_PREFIX[method]}_{name}")
     if value is None and ctx.profile == "demo":
         value = DEMO_SETTINGS[method].get(name)
     return value
 
 
-def baseline_rows(ctx: report.NotebookContext, method: str, keep_examples: int = 3) -> list[dict[str, Any]]:
+def baseline_rows(ctx: NotebookContext, method: str, keep_examples: int = 3) -> list[dict[str, Any]]:
     """Train and score one baseline on every dataset of the notebook (runs are reused by their settings).
 
     Notebook parameters read: ``<method>_epochs``, ``<method>_max_steps``, ``<method>_batch_size``,
@@ -151,7 +156,7 @@ def baseline_rows(ctx: report.NotebookContext, method: str, keep_examples: int =
             epochs=p.get(f"{_PARAM_PREFIX[method]}_epochs"),
             max_steps=_setting(ctx, method, "max_steps"), batch_size=_setting(ctx, method, "batch_size"),
             lr=_setting(ctx, method, "lr"), seed=int(p.get("seed", 42)), device=_device(ctx),
-            runs_dir=report.repo_path(p.get("runs_dir") or "cache/runs"), keep_examples=keep_examples,
+            runs_dir=repo_path(p.get("runs_dir") or "cache/runs"), keep_examples=keep_examples,
             force=bool(p.get("force", False)), progress=False, model_options=options, clip_model=clip,
         )
         key = f"baselines/{dataset}/{method}"
@@ -255,8 +260,8 @@ def paper_size_parameters() -> dict[str, int]:
     return expected_trainable_parameters(LLMMDEConfig())
 
 
-def qualitative_examples(ctx: report.NotebookContext, dataset: str, index: int = 0) -> list[dict[str, Any]]:
-    """One test image through every method of ``dataset``, labelled, for ``report.plot_qualitative``."""
+def qualitative_examples(ctx: NotebookContext, dataset: str, index: int = 0) -> list[dict[str, Any]]:
+    """One test image through every method of ``dataset``, labelled, for :func:`clipdepth.figures.plot_qualitative`."""
     names = [("depthclip/nyu/zero-shot", "depthclip-own"), ("baselines/nyu/depthclip-metric", "depthclip-metric")] \
         if dataset == "nyu" else []
     names += [(f"t3/{dataset}/learned-7", "learned-7"), (f"baselines/{dataset}/clip2depth", "clip2depth"),

@@ -1,0 +1,433 @@
+"""A table notebook's life: open it, run its registry rows, write its results files.
+
+Why one module: every table notebook records its parameters, runs registry rows and writes
+machine-readable results in the same way, and the notebooks must stay thin (DESIGN.md sections 1-2).
+Keeping those steps here means a notebook is a dozen readable calls, the tests exercise the steps
+without Jupyter, and ``./run_all.sh`` (:mod:`clipdepth.runall`) and the HTML index
+(:mod:`clipdepth.report_html`) read what the notebooks wrote instead of parsing notebooks. The
+comparison with the paper is :mod:`clipdepth.scorecard`, figures are :mod:`clipdepth.figures`, the
+provenance recorded is :mod:`clipdepth.provenance`; :mod:`clipdepth.report` gathers all of them
+under one name for the notebooks.
+
+Typical notebook::
+
+    ctx = report.start_notebook("01_token_ablation", params, profile=profile, reports_dir=reports_dir)
+    rows = report.run_rows(ctx, ctx.experiment_names("t3"))
+    comparison = report.compare_with_paper(rows)
+    report.comparison_table(comparison)
+    report.save_figure(ctx, report.plot_comparison(comparison, metric="abs_rel"), "comparison_abs_rel")
+    report.finish_notebook(ctx, rows)
+
+Files written per notebook, under ``<reports_dir>/<profile>/<notebook>/``: ``results.json`` (parameters,
+package versions, weights id, git commit, every metric of every row, the comparison with the paper,
+wall time, banner), ``results.csv`` (one line per table row: our metrics, the paper's, differences),
+``results.md`` (the same as a readable table) and the PNG figures (:func:`clipdepth.figures.save_figure`).
+Each is written to a unique temporary and renamed (:mod:`clipdepth.atomic`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import experiments
+from .atomic import atomic_write_text
+from .backbone import load_clip
+from .metrics import METRIC_NAMES
+from .provenance import environment_info, repo_path, resolve_device, weights_info
+from .reference import PAPER_METRIC_NOTE
+from .scorecard import (
+    COMPARE_METRICS,
+    METRIC_LABELS,
+    TOLERANCE,
+    as_records,
+    compare_with_paper,
+    format_value,
+    is_missing,
+    markdown_table,
+)
+from .train import Trainer, resolve_row
+
+__all__ = [
+    "NotebookContext",
+    "finish_notebook",
+    "in_ipython",
+    "run_rows",
+    "show_banner",
+    "start_notebook",
+]
+
+#: pandas display options set by :func:`start_notebook`: the comparison tables have up to 30 columns
+#: (ours | paper | diff per metric) and must be shown whole, not cut with "..." at pandas' default 20.
+DISPLAY_OPTIONS: dict[str, Any] = {"display.max_columns": None, "display.width": 250, "display.max_rows": 200}
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook context
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NotebookContext:
+    """State one notebook carries from :func:`start_notebook` to :func:`finish_notebook`.
+
+    ``out_dir`` is ``<reports_dir>/<profile>/<name>``; ``examples`` maps experiment names to the test
+    images kept by :func:`run_rows` for qualitative figures; ``figures`` lists saved figure files.
+    """
+
+    name: str
+    profile: str
+    params: dict[str, Any]
+    reports_dir: Path
+    out_dir: Path
+    banner: str | None
+    started_at: str
+    t0: float
+    figures: list[str] = field(default_factory=list)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _clips: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
+    _forced: set[str] = field(default_factory=set, repr=False)
+
+    @property
+    def datasets(self) -> list[str]:
+        """The datasets asked for (parameter ``datasets``, default both), validated."""
+        wanted = self.params.get("datasets") or list(experiments.DATASETS)
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        bad = [d for d in wanted if d not in experiments.DATASETS]
+        if bad:
+            raise ValueError(f"unknown dataset(s) {bad}; valid: {', '.join(experiments.DATASETS)}")
+        return list(wanted)
+
+    def experiment_names(self, table: str | int) -> list[str]:
+        """Registry names of one paper table's rows for the requested datasets, in paper order."""
+        return [exp.name for d in self.datasets for exp in experiments.select(table=table, dataset=d)]
+
+    def clip(self, arch: str, weights: str | None, device: str) -> Any:
+        """CLIP loaded once per (arch, weights, device) and shared by every row of the notebook."""
+        key = (arch, weights, device)
+        if key not in self._clips:
+            self._clips[key] = load_clip(arch, weights, seed=0, device=device)
+        return self._clips[key]
+
+
+def in_ipython() -> bool:
+    """Whether we run inside an IPython kernel (a notebook), where rich output can be displayed."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+def _configure_matplotlib() -> None:
+    """Use the non-interactive Agg backend when nothing can show a window (no kernel, no display).
+
+    Inside a Jupyter kernel the inline backend (or ``MPLBACKEND=Agg`` from run_all) is kept: figures
+    are displayed as PNG by :func:`save_figure` either way.
+    """
+    if in_ipython() or os.environ.get("MPLBACKEND"):
+        return
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        import matplotlib
+
+        matplotlib.use("Agg")
+
+
+def show_banner(text: str) -> None:
+    """Show the profile banner: a coloured box in a notebook, a framed line on a console."""
+    if in_ipython():
+        from IPython.display import HTML, display
+
+        display(HTML(
+            '<div style="background:#fff3cd;border:2px solid #e0a800;padding:8px 12px;'
+            f'font-weight:bold;color:#5c4400">&#9888; {_html_escape(text)}</div>'
+        ))
+    else:
+        line = "!" * (len(text) + 4)
+        print(f"{line}\n! {text} !\n{line}")
+
+
+def _html_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def start_notebook(
+    name: str, params: Mapping[str, Any], profile: str, reports_dir: str | os.PathLike[str]
+) -> NotebookContext:
+    """Open a notebook's report: check the profile, prepare folders and environment, show the banner.
+
+    Side effects, each so the notebook itself needs none: ``$CLIPDEPTH_DATA_DIR`` is set from the
+    ``data_dir`` parameter (relative to the repository root) because the profiles' data roots are
+    resolved from it; ``HF_HUB_OFFLINE=1`` in ``demo`` (nothing may be downloaded); Python, numpy
+    and torch are seeded from ``seed``; matplotlib is made non-interactive when headless; pandas shows
+    wide tables whole (:data:`DISPLAY_OPTIONS`).
+    """
+    if profile not in experiments.PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(experiments.PROFILES)}")
+    params = dict(params)
+    params.setdefault("profile", profile)
+    reports_root = repo_path(reports_dir)
+    out_dir = reports_root / profile / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if params.get("data_dir"):
+        os.environ["CLIPDEPTH_DATA_DIR"] = str(repo_path(params["data_dir"]))
+    if profile == "demo":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for option, value in DISPLAY_OPTIONS.items():
+        pd.set_option(option, value)
+    _configure_matplotlib()
+    if params.get("seed") is not None:
+        _seed_everything(int(params["seed"]))
+    banner = experiments.PROFILES[profile].banner
+    ctx = NotebookContext(
+        name=name, profile=profile, params=params, reports_dir=reports_root, out_dir=out_dir, banner=banner,
+        started_at=_now(), t0=time.perf_counter(),
+    )
+    if banner:
+        show_banner(banner)
+    return ctx
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running table rows
+# ---------------------------------------------------------------------------------------------
+
+
+def run_rows(
+    ctx: NotebookContext,
+    names: Iterable[str],
+    *,
+    clip_model: Any | None = None,
+    progress: bool = False,
+    keep_examples: int = 3,
+) -> list[dict[str, Any]]:
+    """Train (where the row trains) and evaluate registry rows with the notebook's parameters.
+
+    Finished runs are reused by their run key unless the ``force`` parameter is true. Then each run
+    folder is recomputed once per notebook even if several rows share it, and once per
+    ``./run_all.sh --force`` (which sets ``$CLIPDEPTH_FORCE_SINCE`` to its start time) even if several
+    notebooks share it. Returns one dict per row:
+    identity (``experiment``, ``table``, ``dataset``, ``row_label``), every metric of
+    :data:`clipdepth.metrics.METRIC_NAMES`, and run facts (epochs, seconds, reused, run key).
+    Test images kept for figures go to ``ctx.examples[name]``. Parameters read: ``train_mode``,
+    ``epochs``, ``weights``, ``seed``, ``device``, ``views``, ``force``, ``runs_dir``, ``cache_dir``.
+    """
+    p = ctx.params
+    device = resolve_device(p.get("device", "cpu"))
+    mode = p.get("train_mode", "cached")
+    runs_dir = repo_path(p.get("runs_dir") or "cache/runs")
+    cache_dir = repo_path(p.get("cache_dir") or "cache/features")
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        resolved = resolve_row(name, ctx.profile, mode, p.get("epochs"), p.get("weights"), p.get("seed"))
+        clip = clip_model if clip_model is not None else ctx.clip(resolved.arch, resolved.weights, device)
+        trainer = Trainer(resolved, runs_dir=runs_dir, cache_dir=cache_dir, device=device,
+                          views=int(p.get("views", 4)), progress=progress, clip_model=clip)
+        force = bool(p.get("force", False)) and str(trainer.run_dir) not in ctx._forced
+        if force and _recomputed_since(trainer.run_dir / "result.json", os.environ.get("CLIPDEPTH_FORCE_SINCE")):
+            force = False  # another notebook of the same `run_all.sh --force` already recomputed it
+        t0 = time.perf_counter()
+        result = trainer.run(force=force, keep_examples=keep_examples)
+        if force:
+            ctx._forced.add(str(trainer.run_dir))
+        seconds = time.perf_counter() - t0
+        exp = resolved.experiment
+        row: dict[str, Any] = {
+            "experiment": name,
+            "table": exp.table,
+            "dataset": exp.dataset,
+            "row_label": exp.row_label,
+            **{m: float(result.metrics.get(m, math.nan)) for m in METRIC_NAMES},
+            "trained": exp.trained,
+            "epochs": resolved.epochs,
+            "train_mode": exp.train.mode if exp.trained else "none",
+            "train_seconds": round(float(result.train_seconds), 3),
+            "eval_seconds": round(float(result.eval_seconds), 3),
+            "wall_seconds": round(seconds, 3),
+            "reused": bool(result.reused),
+            "run_key": result.run_key,
+        }
+        rows.append(row)
+        ctx.examples[name] = list(result.examples)
+        how = "reused" if result.reused else f"{seconds:.0f} s"
+        print(f"{name:<28} abs_rel {row['abs_rel']:.3f}  d1 {row['d1']:.3f}  ({how})")
+    return rows
+
+
+def _recomputed_since(result_file: Path, since: str | None) -> bool:
+    """Whether ``result_file`` was written after the Unix time ``since`` (None/invalid: no)."""
+    try:
+        return since is not None and result_file.is_file() and result_file.stat().st_mtime >= float(since)
+    except ValueError:
+        return False
+
+# ---------------------------------------------------------------------------------------------
+# Results files
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    """Strict-JSON version of ``obj``: NaN/inf become None, numpy scalars and paths plain values."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return str(obj)
+
+
+def _row_records(rows: list[dict[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:
+    records = as_records(rows)
+    for rec in records:
+        rec.pop("examples", None)  # arrays belong in figures, not in results files
+    return records
+
+
+def finish_notebook(
+    ctx: NotebookContext, rows: list[dict[str, Any]] | pd.DataFrame, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``results.json``, ``results.csv`` and ``results.md`` for the notebook; return the JSON path.
+
+    ``rows`` are the table rows (dicts or a DataFrame); rows naming a registry ``experiment`` (or
+    carrying a ``reference`` dict) are also compared with the paper. ``extra`` is stored as is
+    (JSON-converted) for notebook-specific results such as nearest-neighbour lists.
+    """
+    records = _row_records(rows)
+    has_names = any(r.get("experiment") for r in records)
+    comparison = compare_with_paper(records) if has_names else pd.DataFrame()
+    finished = _now()
+    wall = time.perf_counter() - ctx.t0
+    env = environment_info()
+    p = ctx.params
+    registered = [r for r in records if _registered(r)]
+    arch = experiments.get(registered[0]["experiment"]).arch if registered else "RN50-quickgelu"
+    try:
+        weights = weights_info(p.get("weights"), ctx.profile, arch)
+    except Exception as exc:  # never lose a finished notebook's results over an id lookup
+        weights = {"requested": p.get("weights"), "error": f"{type(exc).__name__}: {exc}"}
+    payload = {
+        "notebook": ctx.name,
+        "profile": ctx.profile,
+        "banner": ctx.banner,
+        "started_at": ctx.started_at,
+        "finished_at": finished,
+        "wall_seconds": round(wall, 2),
+        "parameters": p,
+        "device": resolve_device(p.get("device", "cpu")) if "device" in p else None,
+        "versions": env["versions"],
+        "platform": env["platform"],
+        "git": env["git"],
+        "weights": weights,
+        "metric_names": list(METRIC_NAMES),
+        "metric_note": PAPER_METRIC_NOTE,
+        "tolerance": TOLERANCE,
+        "rows": records,
+        "comparison": comparison.to_dict(orient="records") if not comparison.empty else [],
+        "figures": list(ctx.figures),
+        "extra": dict(extra) if extra else {},
+    }
+    out = ctx.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+    atomic_write_text(json_path, json.dumps(_jsonable(payload), indent=2, allow_nan=False))
+    atomic_write_text(out / "results.csv", _results_csv(records, comparison).to_csv(index=False))
+    atomic_write_text(out / "results.md", _results_markdown(payload, comparison))
+    print(f"results written to {json_path} ({len(records)} rows, {wall:.0f} s)")
+    return json_path
+
+
+def _registered(record: Mapping[str, Any]) -> bool:
+    return record.get("experiment") in experiments.EXPERIMENTS
+
+
+def _results_csv(records: list[dict[str, Any]], comparison: pd.DataFrame) -> pd.DataFrame:
+    """Rows with our metrics, then ``paper_<metric>`` and ``diff_<metric>`` where the paper has one."""
+    frame = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in records])
+    if comparison.empty or frame.empty:
+        return frame
+    for metric in COMPARE_METRICS:
+        part = comparison[comparison["metric"] == metric]
+        if part["paper"].notna().any():
+            frame[f"paper_{metric}"] = part["paper"].to_numpy()
+            frame[f"diff_{metric}"] = part["difference"].to_numpy()
+    return frame
+
+
+def _results_markdown(payload: Mapping[str, Any], comparison: pd.DataFrame) -> str:
+    lines = [f"# {payload['notebook']} ({payload['profile']} profile)", ""]
+    if payload.get("banner"):
+        lines += [f"> **{payload['banner']}**", ""]
+    git = payload.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
+    lines += [
+        f"- run: {payload['started_at']} to {payload['finished_at']}, wall time {payload['wall_seconds']:.0f} s",
+        f"- git commit: {commit}; weights: {(payload.get('weights') or {}).get('id')}",
+        f"- torch {payload['versions'].get('torch')}, open_clip {payload['versions'].get('open_clip_torch')}",
+        "",
+    ]
+    if not comparison.empty:
+        published = set(comparison.loc[comparison["paper"].notna(), "metric"])
+        metrics = [m for m in COMPARE_METRICS if m in published] + ["rmse_log"]
+        header = ["table", "dataset", "row"] + [METRIC_LABELS[m] + " ours / paper (diff)" for m in metrics]
+        body = []
+        for (_, table, dataset, row_label), part in comparison.groupby(
+            ["experiment", "table", "dataset", "row_label"], sort=False
+        ):
+            cells = []
+            for metric in metrics:
+                rec = part[part["metric"] == metric].iloc[0]
+                if is_missing(rec["paper"]):
+                    cells.append(format_value(rec["ours"]))
+                else:
+                    ours, paper = format_value(rec["ours"]), format_value(rec["paper"])
+                    cells.append(f"{ours} / {paper} ({format_value(rec['difference'], signed=True)})")
+            body.append([table, dataset, row_label, *cells])
+        lines += ["## Ours vs paper", "", markdown_table(header, body), ""]
+        lines += [f"Note: {payload['metric_note']}", ""]
+    else:
+        rows = payload["rows"]
+        if rows:
+            keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
+            lines += ["## Rows", "", markdown_table(keys, ([r.get(k, "") for k in keys] for r in rows)), ""]
+    lines += ["## Parameters", "", "```json", json.dumps(_jsonable(payload["parameters"]), indent=2), "```", ""]
+    return "\n".join(lines)

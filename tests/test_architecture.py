@@ -1,0 +1,189 @@
+"""The package's shape: no import cycle (function-level imports included), no long module without a reason.
+
+Why a test: a cycle hidden behind a function-level import is the usual symptom of a module doing two
+jobs, and a 1,000-line module is where a newcomer gets lost (issue 12). The checks read the source
+with :mod:`ast` (nothing is imported), so they also see imports inside functions. Each check is first
+shown to fail on a small package written for the purpose.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "clipdepth"
+
+#: A module over this many lines must say why in its docstring, with this marker phrase.
+MAX_LINES = 500
+LONG_MARKER = "Long because:"
+
+#: Modules that only gather names for notebooks; nothing inside the package may import them.
+FACADES = ("clipdepth.report",)
+
+
+def modules(root: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for every ``.py`` under the package folder ``root``."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _imported(name: str, node: ast.Import | ast.ImportFrom, mods: dict[str, Path]) -> set[str]:
+    """Package modules that executing ``node`` inside module ``name`` may import (submodules included)."""
+    if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            here = name.split(".")
+            if not mods[name].name == "__init__.py":
+                here = here[:-1]
+            here = here[: len(here) - (node.level - 1)]
+            base = ".".join(here + ([base] if base else []))
+        targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+    found = set()
+    for target in targets:
+        parts = target.split(".")
+        # importing a.b.c runs a/__init__ and a/b/__init__ first, then a.b.c
+        for i in range(1, len(parts) + 1):
+            candidate = ".".join(parts[:i])
+            if candidate in mods:
+                found.add(candidate)
+    return found
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> package modules it imports anywhere in its source (top level, functions, methods).
+
+    A module's own ancestors are left out: they are already being initialised when it runs.
+    """
+    mods = modules(root)
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges |= _imported(name, node, mods)
+        graph[name] = {t for t in edges if t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def long_modules(root: Path, max_lines: int = MAX_LINES, marker: str = LONG_MARKER) -> dict[str, int]:
+    """Modules over ``max_lines`` lines whose docstring does not contain ``marker``: name -> lines."""
+    out = {}
+    for name, path in modules(root).items():
+        text = path.read_text(encoding="utf-8")
+        lines = text.count("\n") + (not text.endswith("\n"))
+        if lines > max_lines and marker not in (ast.get_docstring(ast.parse(text)) or ""):
+            out[name] = lines
+    return out
+
+
+def _write_package(root: Path, files: dict[str, str]) -> Path:
+    pkg = root / "toypkg"
+    for rel, text in files.items():
+        path = pkg / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return pkg
+
+
+# --- the checks fail where they should ---------------------------------------------------------
+
+
+def test_cycle_through_a_function_level_import_is_found(tmp_path) -> None:
+    pkg = _write_package(tmp_path, {
+        "__init__.py": "",
+        "low.py": "def f():\n    from .high import g  # dodges the cycle at import time\n    return g\n",
+        "high.py": "from . import low\n\ndef g():\n    return low\n",
+        "other.py": "import toypkg.low\n",
+    })
+    graph = import_graph(pkg)
+    assert graph["toypkg.low"] == {"toypkg.high"} and graph["toypkg.high"] == {"toypkg.low"}
+    assert graph["toypkg.other"] == {"toypkg.low"}  # the root package is an ancestor: not an edge
+    assert cycles(graph) == [["toypkg.high", "toypkg.low"]]
+
+
+def test_cycle_through_a_subpackage_init_is_found(tmp_path) -> None:
+    # a.py imports sub.leaf, which runs sub/__init__, which imports a: a cycle although leaf imports nothing
+    pkg = _write_package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "from .sub.leaf import x\n",
+        "sub/__init__.py": "from .. import a\n",
+        "sub/leaf.py": "x = 1\n",
+    })
+    assert cycles(import_graph(pkg)) == [["toypkg.a", "toypkg.sub"]]
+
+
+def test_long_module_needs_a_stated_reason(tmp_path) -> None:
+    body = "x = 1\n" * 20
+    pkg = _write_package(tmp_path, {
+        "__init__.py": "",
+        "short.py": '"""Short."""\n' + "x = 1\n",
+        "silent.py": '"""No reason given."""\n' + body,
+        "reasoned.py": f'"""Big.\n\n{LONG_MARKER} it must be.\n"""\n' + body,
+    })
+    assert long_modules(pkg, max_lines=10) == {"toypkg.silent": 21}
+
+
+# --- the package ---------------------------------------------------------------------------------
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    found = cycles(import_graph(PACKAGE))
+    assert not found, "import cycles (function-level imports included): " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_no_long_module_without_a_reason() -> None:
+    found = long_modules(PACKAGE)
+    assert not found, (f"modules over {MAX_LINES} lines without '{LONG_MARKER}' in their docstring: "
+                       + ", ".join(f"{n} ({k})" for n, k in sorted(found.items())))
+
+
+@pytest.mark.parametrize("facade", FACADES)
+def test_nothing_in_the_package_imports_a_facade(facade: str) -> None:
+    graph = import_graph(PACKAGE)
+    assert facade in graph
+    importers = sorted(name for name, targets in graph.items() if facade in targets)
+    assert not importers, f"{facade} only gathers names for notebooks; import the module it re-exports: {importers}"
