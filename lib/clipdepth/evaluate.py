@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .losses import upsample
-from .metrics import average_metrics, compute_metrics
+from .metrics import average_metrics, compute_metrics, pixel_sums, pooled_metrics
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 PROTOCOLS: tuple[str, ...] = ("authors", "depthclip")
@@ -79,9 +79,47 @@ class EvalResult:
     mean: dict[str, float]
     examples: list[dict[str, Any]] = field(default_factory=list)
     low_res: list[np.ndarray] | None = None
+    pooled: dict[str, float] = field(default_factory=dict)
 
 
-def _image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
+class Scores:
+    """Accumulates one run's evaluation image by image: per-image metrics (their mean is the paper's
+    number, the authors' ``metrics_ra``), per-image pixel sums (pooled over all valid pixels: the
+    authors' ``metrics``), names, kept examples and, optionally, the low-resolution predictions.
+
+    Every evaluation path (the live protocol here, the trainer's cached features, lockstep's shared
+    features) scores through this one class, so they cannot drift apart.
+    """
+
+    def __init__(self, keep_examples: int = 0, keep_low_res: bool = False) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.sums: list[dict[str, float]] = []
+        self.names: list[str] = []
+        self.examples: list[dict[str, Any]] = []
+        self.low_res: list[np.ndarray] | None = [] if keep_low_res else None
+        self.keep_examples = keep_examples
+
+    def add(self, sample: Any, full: torch.Tensor, gt: np.ndarray, low: torch.Tensor | None = None,
+            **metric_args: Any) -> dict[str, float]:
+        """Score the full-resolution prediction ``full`` of ``sample`` against ``gt`` (compute_metrics args)."""
+        metrics = compute_metrics(full, gt, **metric_args)
+        self.rows.append(metrics)
+        self.sums.append(pixel_sums(full, gt, **metric_args))
+        self.names.append(str(sample.name))
+        if self.low_res is not None and low is not None:
+            self.low_res.append(low.reshape(low.shape[-2:]).cpu().numpy().copy())
+        if len(self.examples) < self.keep_examples:
+            self.examples.append({"name": str(sample.name), "image": sample.image, "depth": gt,
+                                  "pred": full.squeeze().cpu().numpy()})
+        return metrics
+
+    def result(self) -> EvalResult:
+        return EvalResult(self.rows, self.names, average_metrics(self.rows), self.examples, self.low_res,
+                          pooled_metrics(self.sums))
+
+
+def sample_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """An H x W x 3 image in [0, 1] as a 1 x 3 x H x W float tensor on ``device``."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().unsqueeze(0).to(device)
 
 
@@ -105,32 +143,22 @@ def evaluate(
     image's low-resolution prediction (see :class:`EvalResult`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    rows: list[dict[str, float]] = []
-    names: list[str] = []
-    examples: list[dict[str, Any]] = []
-    low_res: list[np.ndarray] | None = [] if keep_low_res else None
+    scores = Scores(keep_examples, keep_low_res)
     if total is None and isinstance(samples, Sequence):
         total = len(samples)
     for sample in tqdm(samples, total=total, desc="evaluate", disable=not progress, leave=False):
-        image = _image_tensor(sample.image, device)
+        image = sample_tensor(sample.image, device)
         gt = np.asarray(sample.depth, dtype=np.float64)
         if protocol == "depthclip":
             full, low = _depthclip_protocol(predict, image, max_depth, flip)
-            metrics = compute_metrics(full, gt, crop="depthclip_nyu", min_depth=min_depth,
-                                      max_depth=max_depth, max_inclusive=False, min_pred=min_depth)
+            scores.add(sample, full, gt, low, crop="depthclip_nyu", min_depth=min_depth, max_depth=max_depth,
+                       max_inclusive=False, min_pred=min_depth)
         else:
             low = predict_with_flip(predict, image, min_depth, max_depth) if flip else sanitise(
                 predict(image), min_depth, max_depth)
             full = upsample(low, gt.shape)
-            metrics = compute_metrics(full, gt, crop=crop, min_depth=min_depth, max_depth=max_depth)
-        rows.append(metrics)
-        names.append(str(sample.name))
-        if low_res is not None:
-            low_res.append(low.reshape(low.shape[-2:]).cpu().numpy().copy())
-        if len(examples) < keep_examples:
-            examples.append({"name": str(sample.name), "image": sample.image, "depth": gt,
-                             "pred": full.squeeze().cpu().numpy()})
-    return EvalResult(rows, names, average_metrics(rows), examples, low_res)
+            scores.add(sample, full, gt, low, crop=crop, min_depth=min_depth, max_depth=max_depth)
+    return scores.result()
 
 
 def predict_depthclip_protocol(

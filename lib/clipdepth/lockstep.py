@@ -43,11 +43,10 @@ from tqdm.auto import tqdm
 from .atomic import file_lock
 from .backbone import load_clip, weights_id
 from .codeid import code_fingerprint
-from .evaluate import EvalResult, flip_average
+from .evaluate import EvalResult, Scores, flip_average, sample_tensor
 from .experiments import ResolvedExperiment
 from .heads import BinPromptDepth
 from .losses import SILogTarget, upsample
-from .metrics import average_metrics, compute_metrics
 from .train import CHECKPOINT_FORMAT, RunResult, Trainer, _atomic_save, _bn_buffers, batch_order, build_model
 
 __all__ = ["LockstepGroup", "RunOptions", "SharedEvaluation", "SingleRow", "Unit", "eval_stream_key", "plan",
@@ -183,27 +182,19 @@ def evaluate_rows(trainers: Sequence[Trainer], models: Sequence[BinPromptDepth],
     for model in models:
         model.eval()
     texts = [m.text_features() for m in models]
-    per_row: list[list[dict[str, float]]] = [[] for _ in models]
-    examples: list[list[dict[str, Any]]] = [[] for _ in models]
-    names: list[str] = []
+    scores = [Scores(keep_examples) for _ in models]
     for i in tqdm(range(len(ds)), desc="evaluate", disable=not progress, leave=False):
         sample = ds[i]
-        image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1))).float().unsqueeze(0)
-        image = image.to(lead.device)
+        image = sample_tensor(sample.image, lead.device)
         gt = np.asarray(sample.depth, dtype=np.float64)
         feats, feats_flipped = models[0].image_features(image), models[0].image_features(image.flip(-1))
-        names.append(str(sample.name))
-        for k, (t, model, text) in enumerate(zip(trainers, models, texts, strict=True)):
+        for t, model, text, score in zip(trainers, models, texts, scores, strict=True):
             r = t.resolved
             low = flip_average(model.forward_features(feats, text), model.forward_features(feats_flipped, text),
                                r.min_depth, r.max_depth)
-            full = upsample(low, gt.shape)
-            per_row[k].append(compute_metrics(full, gt, crop=crop, min_depth=r.min_depth, max_depth=r.max_depth))
-            if len(examples[k]) < keep_examples:
-                examples[k].append({"name": str(sample.name), "image": sample.image, "depth": gt,
-                                    "pred": full.squeeze().cpu().numpy()})
-    return [EvalResult(rows, list(names), average_metrics(rows), ex) for rows, ex in zip(per_row, examples,
-                                                                                        strict=True)]
+            score.add(sample, upsample(low, gt.shape), gt, low, crop=crop, min_depth=r.min_depth,
+                      max_depth=r.max_depth)
+    return [score.result() for score in scores]
 
 
 class SharedEvaluation(Unit):

@@ -50,13 +50,12 @@ from .codeid import code_fingerprint, git_state
 from .data.profile_data import open_split
 from .data.transforms import TrainTransform, to_tensor
 from .data.validate import validate_once
-from .evaluate import EvalResult, evaluate, flip_average
+from .evaluate import EvalResult, Scores, evaluate, flip_average
 from .experiments import ResolvedExperiment
 from .features import CachedFeatures, FeatureCache, FeatureKey, split_fingerprint
 from .heads import BinPromptDepth
 from .losses import SILogTarget, upsample
 from .methods import model_for_experiment
-from .metrics import average_metrics, compute_metrics
 
 CHECKPOINT_FORMAT = 1
 
@@ -111,6 +110,7 @@ class RunResult:
     examples: list[dict[str, Any]] = field(default_factory=list)
     reused: bool = False
     stale: bool = False
+    pooled: dict[str, float] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -472,7 +472,7 @@ class Trainer:
         result = RunResult(self.resolved.name, self.resolved.run_key, self.run_dir, evaluation.mean,
                            evaluation.per_image, history, train_seconds, eval_seconds,
                            self.train_cfg.mode if self.resolved.epochs > 0 else "untrained", evaluation.examples,
-                           protocol=self.protocol(), provenance=self.provenance(extra))
+                           pooled=evaluation.pooled, protocol=self.protocol(), provenance=self.provenance(extra))
         self._save_result(result, model, evaluation.names)
         return result
 
@@ -496,20 +496,16 @@ class Trainer:
                             keep_examples=keep_examples, progress=self.progress)
         plain, flipped = self.test_views(model)
         text = model.text_features()
-        rows, names, examples = [], [], []
+        scores = Scores(keep_examples)
         for i in range(len(ds)):
             f, _ = plain.batch([i], self.device)
             ff, _ = flipped.batch([i], self.device)
             low = flip_average(model.forward_features(f, text), model.forward_features(ff, text),
                                r.min_depth, r.max_depth)
             sample = ds[i]
-            full = upsample(low, sample.depth.shape)
-            rows.append(compute_metrics(full, sample.depth, crop, r.min_depth, r.max_depth))
-            names.append(sample.name)
-            if len(examples) < keep_examples:
-                examples.append({"name": sample.name, "image": sample.image, "depth": sample.depth,
-                                 "pred": full.squeeze().cpu().numpy()})
-        return EvalResult(rows, names, average_metrics(rows), examples)
+            scores.add(sample, upsample(low, sample.depth.shape), sample.depth, low, crop=crop,
+                       min_depth=r.min_depth, max_depth=r.max_depth)
+        return scores.result()
 
     # -- files ----------------------------------------------------------------------------------
     def _write_log(self, history: list[dict[str, float]]) -> None:
@@ -532,7 +528,7 @@ class Trainer:
 
             atomic_write(self.run_dir / "examples.npz", write)
         payload = {"name": result.name, "run_key": result.run_key, "mode": result.mode,
-                   "protocol": result.protocol, "provenance": result.provenance,
+                   "pooled": result.pooled, "protocol": result.protocol, "provenance": result.provenance,
                    "experiment": self.resolved.to_dict(), "metrics": result.metrics,
                    "per_image": result.per_image, "test_names": names or [], "history": result.history,
                    "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
@@ -551,7 +547,8 @@ class Trainer:
                                          **{k: z[f"{k}_{i}"] for k in ("image", "depth", "pred")}})
             return RunResult(self.resolved.name, data["run_key"], path.parent, data["metrics"], data["per_image"],
                              data["history"], data["train_seconds"], data["eval_seconds"], data["mode"], examples,
-                             reused=True, protocol=data.get("protocol", {}), provenance=data.get("provenance", {}))
+                             reused=True, pooled=data.get("pooled", {}), protocol=data.get("protocol", {}),
+                             provenance=data.get("provenance", {}))
         except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
             warnings.warn(f"{path}: damaged result ({type(exc).__name__}: {exc}); recomputing",
                           DamagedResultWarning, stacklevel=2)
