@@ -62,7 +62,7 @@ def test_lockstep_equals_each_row_trained_alone(tmp_path, rn50):
     options = _options(tmp_path / "lockstep")
     units, where = plan(_rows(), options)
     assert [u.kind for u in units] == ["lockstep"] and len(units[0].rows) == 3
-    results = run_units(_rows(), options, clip_provider=lambda arch, weights: rn50)
+    results = dict(zip(GROUP, run_units(_rows(), options, clip_provider=lambda arch, weights: rn50), strict=True))
     group = _group_checkpoint(options)
     assert group["epoch"] == EPOCHS
     for k, name in enumerate(GROUP):
@@ -89,7 +89,8 @@ class _Killed(RuntimeError):
 
 
 def test_kill_mid_epoch_then_rerun_is_bit_identical(tmp_path, rn50):
-    straight = run_units(_rows(), _options(tmp_path / "a"), clip_provider=lambda a, w: rn50)
+    straight = dict(zip(GROUP, run_units(_rows(), _options(tmp_path / "a"), clip_provider=lambda a, w: rn50),
+                        strict=True))
     options = _options(tmp_path / "b")
     units, _ = plan(_rows(), options)
     (group,) = units
@@ -104,7 +105,7 @@ def test_kill_mid_epoch_then_rerun_is_bit_identical(tmp_path, rn50):
         group(rn50)
     assert _group_checkpoint(options)["epoch"] == 1
     assert not group.is_done()
-    resumed = run_units(_rows(), options, clip_provider=lambda a, w: rn50)
+    resumed = dict(zip(GROUP, run_units(_rows(), options, clip_provider=lambda a, w: rn50), strict=True))
     for name in GROUP:
         assert resumed[name].metrics == straight[name].metrics
         assert resumed[name].history == straight[name].history
@@ -113,7 +114,7 @@ def test_kill_mid_epoch_then_rerun_is_bit_identical(tmp_path, rn50):
         _assert_states_equal(a, b)
     # everything finished: a third call reuses every row
     again = run_units(_rows(), options, clip_provider=lambda a, w: rn50)
-    assert all(r.reused for r in again.values())
+    assert all(r.reused for r in again)
 
 
 def test_plan_groups_by_stream_and_shares_untrained_evaluation(tmp_path, rn50):
@@ -126,7 +127,7 @@ def test_plan_groups_by_stream_and_shares_untrained_evaluation(tmp_path, rn50):
     assert kinds == [("lockstep", ("t3/kitti/learned-7",)), ("lockstep", ("t3/nyu/learned-7",)),
                      ("shared-eval", ("t3/nyu/depth-7", "t3/nyu/random-7")), ("single", ("depthclip/nyu/zero-shot",))]
     # the same method printed in two tables is one run
-    assert where["t6/nyu/learned-7-even"] == where["t3/nyu/learned-7"]
+    assert where[names.index("t6/nyu/learned-7-even")] == where[names.index("t3/nyu/learned-7")]
     other_seed = resolve_row("t3/nyu/learned-7", "demo", mode="faithful", epochs=1, seed=1)
     assert stream_key(options.trainer(other_seed)) != stream_key(options.trainer(rows[2]))
     assert isinstance(units[[u.kind for u in units].index("single")], SingleRow)
@@ -136,7 +137,8 @@ def test_plan_groups_by_stream_and_shares_untrained_evaluation(tmp_path, rn50):
 def test_shared_evaluation_equals_rows_evaluated_alone(tmp_path, rn50):
     names = ["t3/nyu/depth-7", "t3/nyu/random-7"]
     rows = [resolve_row(n, "demo", mode="faithful") for n in names]
-    shared = run_units(rows, _options(tmp_path / "shared"), clip_provider=lambda a, w: rn50)
+    shared = dict(zip(names, run_units(rows, _options(tmp_path / "shared"), clip_provider=lambda a, w: rn50),
+                      strict=True))
     for name in names:
         trainer = Trainer(resolve_row(name, "demo", mode="faithful"), runs_dir=tmp_path / "alone",
                           progress=False, clip_model=rn50, n_train=N_TRAIN, n_test=N_TEST)

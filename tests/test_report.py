@@ -307,12 +307,22 @@ def test_index_survives_a_broken_results_file(tmp_path) -> None:
     assert "unreadable results.json" in html
 
 
-def test_force_recomputes_a_shared_run_once_per_run_all(tmp_path) -> None:
-    """run_all --force sets CLIPDEPTH_FORCE_SINCE; a result written after it is not recomputed again."""
-    result = tmp_path / "result.json"
-    assert not notebook._recomputed_since(result, "0")  # no result yet: recompute
-    result.write_text("{}")
-    written = result.stat().st_mtime
-    assert notebook._recomputed_since(result, f"{written - 10:.3f}")  # written during this invocation
-    assert not notebook._recomputed_since(result, f"{written + 10:.3f}")  # older than the invocation
-    assert not notebook._recomputed_since(result, None) and not notebook._recomputed_since(result, "soon")
+def test_force_recomputes_a_shared_run_once_per_run_all(tmp_path, monkeypatch) -> None:
+    """With force, a result written after the notebook (or run_all --force, via CLIPDEPTH_FORCE_SINCE)
+    started counts as fresh; an older one is recomputed."""
+    from types import SimpleNamespace
+
+    from clipdepth import plan
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trainer = SimpleNamespace(run_dir=run_dir, finished=lambda: "finished result")
+    monkeypatch.delenv("CLIPDEPTH_FORCE_SINCE", raising=False)
+    assert plan.run_options({}).done(trainer) == "finished result"  # no force: reuse
+    assert plan.run_options({"force": True}, force_since=0.0).done(trainer) is None  # no result file yet
+    (run_dir / "result.json").write_text("{}")
+    written = (run_dir / "result.json").stat().st_mtime
+    assert plan.run_options({"force": True}, force_since=written - 10).done(trainer) == "finished result"
+    assert plan.run_options({"force": True}, force_since=written + 10).done(trainer) is None
+    monkeypatch.setenv("CLIPDEPTH_FORCE_SINCE", f"{written - 10:.3f}")  # run_all's start wins
+    assert plan.run_options({"force": True}, force_since=written + 10).done(trainer) == "finished result"

@@ -302,8 +302,8 @@ class LockstepGroup(Unit):
         return int(state["epoch"])
 
 
-def plan(rows: Sequence[ResolvedExperiment], options: RunOptions) -> tuple[list[Unit], dict[str, tuple[int, int]]]:
-    """Units of work for ``rows``, and for each row name (unit index, index of its run in the unit).
+def plan(rows: Sequence[ResolvedExperiment], options: RunOptions) -> tuple[list[Unit], list[tuple[int, int]]]:
+    """Units of work for ``rows``, and for each row (in order) the index of its unit and of its run there.
 
     Rows with the same run folder (the same method printed in two tables) are computed once. Trained
     faithful rows are grouped by :func:`stream_key`, untrained rows under the authors' protocol by
@@ -311,11 +311,11 @@ def plan(rows: Sequence[ResolvedExperiment], options: RunOptions) -> tuple[list[
     """
     buckets: dict[tuple[str, str], list[ResolvedExperiment]] = {}
     placed: dict[str, tuple[tuple[str, str], int]] = {}  # run folder -> (bucket, position)
-    where: dict[str, str] = {}  # row name -> run folder
+    where: list[str] = []  # per row: its run folder
     for r in rows:
         t = options.trainer(r)
         run_dir = str(t.run_dir)
-        where[r.name] = run_dir
+        where.append(run_dir)
         if run_dir in placed:
             continue
         if r.epochs > 0 and t.train_cfg.mode == "faithful":
@@ -323,7 +323,7 @@ def plan(rows: Sequence[ResolvedExperiment], options: RunOptions) -> tuple[list[
         elif r.epochs == 0 and r.eval_protocol != "depthclip" and t.train_cfg.mode != "cached":
             bucket = ("shared-eval", eval_stream_key(t))
         else:
-            bucket = ("single", run_dir)
+            bucket = ("single", _hash({"run_dir": run_dir}))
         members = buckets.setdefault(bucket, [])
         placed[run_dir] = (bucket, len(members))
         members.append(r)
@@ -333,12 +333,12 @@ def plan(rows: Sequence[ResolvedExperiment], options: RunOptions) -> tuple[list[
     for (kind, key), members in buckets.items():
         index[(kind, key)] = len(units)
         units.append(kinds[kind](kind, key, tuple(members), options))
-    return units, {name: (index[placed[d][0]], placed[d][1]) for name, d in where.items()}
+    return units, [(index[placed[d][0]], placed[d][1]) for d in where]
 
 
 def run_units(rows: Sequence[ResolvedExperiment], options: RunOptions,
-              clip_provider: ClipProvider | None = None) -> dict[str, RunResult]:
-    """Plan and run ``rows`` in this process; returns each requested row name's result.
+              clip_provider: ClipProvider | None = None) -> list[RunResult]:
+    """Plan and run ``rows`` in this process; returns each row's result, in order (named as the row).
 
     ``clip_provider(arch, weights)`` supplies a loaded CLIP (notebooks share one per architecture).
     """
@@ -347,7 +347,7 @@ def run_units(rows: Sequence[ResolvedExperiment], options: RunOptions,
     for unit in units:
         r = unit.rows[0]
         results.append(unit(clip_provider(r.arch, r.weights) if clip_provider is not None else None))
-    return {name: dataclasses.replace(results[u][k], name=name) for name, (u, k) in where.items()}
+    return [dataclasses.replace(results[u][k], name=r.name) for r, (u, k) in zip(rows, where, strict=True)]
 
 
 def describe_units(units: Sequence[Unit]) -> list[str]:

@@ -42,10 +42,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import experiments
+from . import experiments, plan
 from .atomic import atomic_write_text
 from .backbone import load_clip
+from .data.base import subset_label
+from .lockstep import RunOptions, run_units
 from .metrics import METRIC_NAMES
+from .plan import RowSpec
 from .provenance import environment_info, repo_path, resolve_device, weights_info
 from .reference import PAPER_METRIC_NOTE
 from .scorecard import (
@@ -58,7 +61,6 @@ from .scorecard import (
     is_missing,
     markdown_table,
 )
-from .train import Trainer, resolve_row
 
 __all__ = [
     "NotebookContext",
@@ -98,7 +100,7 @@ class NotebookContext:
     figures: list[str] = field(default_factory=list)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _clips: dict[tuple[str, str | None, str], Any] = field(default_factory=dict, repr=False)
-    _forced: set[str] = field(default_factory=set, repr=False)
+    wall_start: float = field(default_factory=time.time)  # Unix time: `force` recomputes rows once after it
 
     @property
     def datasets(self) -> list[str]:
@@ -221,75 +223,79 @@ def _now() -> str:
 
 def run_rows(
     ctx: NotebookContext,
-    names: Iterable[str],
+    specs: Iterable[RowSpec],
     *,
     clip_model: Any | None = None,
     progress: bool = False,
     keep_examples: int = 3,
 ) -> list[dict[str, Any]]:
-    """Train (where the row trains) and evaluate registry rows with the notebook's parameters.
+    """Train (where the row trains) and evaluate rows with the notebook's parameters, for every seed.
 
-    Finished runs are reused by their run key unless the ``force`` parameter is true. Then each run
-    folder is recomputed once per notebook even if several rows share it, and once per
-    ``./run_all.sh --force`` (which sets ``$CLIPDEPTH_FORCE_SINCE`` to its start time) even if several
-    notebooks share it. Returns one dict per row:
-    identity (``experiment``, ``table``, ``dataset``, ``row_label``), every metric of
-    :data:`clipdepth.metrics.METRIC_NAMES`, and run facts (epochs, seconds, reused, run key).
-    Test images kept for figures go to ``ctx.examples[name]``. Parameters read: ``train_mode``,
-    ``epochs``, ``weights``, ``seed``, ``device``, ``views``, ``force``, ``runs_dir``, ``cache_dir``.
+    ``specs`` are registry names, Experiment variants, or (Experiment, weights) pairs. Rows are planned
+    by :func:`clipdepth.plan.resolve_rows` and run by :mod:`clipdepth.lockstep`: trained rows sharing a
+    data stream train in lockstep, untrained rows share one evaluation pass, and a finished run is
+    reused (``./run_all.sh`` usually computed it before the notebook started). With ``force`` each run
+    is recomputed once per notebook, or once per ``./run_all.sh --force``. Returns one dict per
+    (seed, row), seed-major: identity (``experiment``, ``table``, ``dataset``, ``row_label``, ``seed``),
+    every metric of :data:`clipdepth.metrics.METRIC_NAMES` (per-image means, the paper's numbers), the
+    pixel-pooled metrics (``pooled``), ``per_image`` metrics, the ``protocol`` (mode, BN, views,
+    precision, seed, epochs, subset), ``subset_label``, ``stale``, ``computed_by`` (git state of the
+    computing process) and run facts. Kept test images go to ``ctx.examples[name]`` (first seed).
     """
     p = ctx.params
-    device = resolve_device(p.get("device", "cpu"))
-    mode = p.get("train_mode", "cached")
-    runs_dir = repo_path(p.get("runs_dir") or "cache/runs")
-    cache_dir = repo_path(p.get("cache_dir") or "cache/features")
-    rows: list[dict[str, Any]] = []
-    for name in names:
-        resolved = resolve_row(name, ctx.profile, mode, p.get("epochs"), p.get("weights"), p.get("seed"))
-        clip = clip_model if clip_model is not None else ctx.clip(resolved.arch, resolved.weights, device)
-        trainer = Trainer(resolved, runs_dir=runs_dir, cache_dir=cache_dir, device=device,
-                          views=int(p.get("views", 4)), progress=progress, clip_model=clip)
-        force = bool(p.get("force", False)) and str(trainer.run_dir) not in ctx._forced
-        if force and _recomputed_since(trainer.run_dir / "result.json", os.environ.get("CLIPDEPTH_FORCE_SINCE")):
-            force = False  # another notebook of the same `run_all.sh --force` already recomputed it
-        t0 = time.perf_counter()
-        result = trainer.run(force=force, keep_examples=keep_examples)
-        if force:
-            ctx._forced.add(str(trainer.run_dir))
-        seconds = time.perf_counter() - t0
+    options = plan.run_options(p, force_since=ctx.wall_start, keep_examples=keep_examples, progress=progress)
+    rows = plan.resolve_rows(list(specs), ctx.profile, p)
+
+    def provide(arch: str, weights: str | None) -> Any:
+        return clip_model if clip_model is not None else ctx.clip(arch, weights, options.device)
+
+    t0 = time.perf_counter()
+    results = run_units(rows, options, clip_provider=provide)
+    seconds = time.perf_counter() - t0
+    labels: dict[str, str | None] = {}
+    out: list[dict[str, Any]] = []
+    for resolved, result in zip(rows, results, strict=True):
         exp = resolved.experiment
-        row: dict[str, Any] = {
-            "experiment": name,
+        if resolved.dataset not in labels:
+            labels[resolved.dataset] = _subset_label(options, resolved)
+        record: dict[str, Any] = {
+            "experiment": exp.name,
             "table": exp.table,
             "dataset": exp.dataset,
             "row_label": exp.row_label,
+            "seed": exp.train.seed,
             **{m: float(result.metrics.get(m, math.nan)) for m in METRIC_NAMES},
+            "pooled": dict(result.pooled),
+            "per_image": list(result.per_image),
             "trained": exp.trained,
             "epochs": resolved.epochs,
-            "train_mode": exp.train.mode if exp.trained else "none",
+            "train_mode": result.protocol.get("mode", exp.train.mode if exp.trained else "untrained"),
+            "protocol": dict(result.protocol),
+            "subset_label": labels[resolved.dataset],
+            "stale": bool(result.stale),
+            "computed_by": dict(result.provenance.get("git") or {}),
             "train_seconds": round(float(result.train_seconds), 3),
             "eval_seconds": round(float(result.eval_seconds), 3),
-            "wall_seconds": round(seconds, 3),
             "reused": bool(result.reused),
             "run_key": result.run_key,
+            "run_dir": str(result.run_dir),
         }
-        rows.append(row)
-        ctx.examples[name] = list(result.examples)
-        how = "reused" if result.reused else f"{seconds:.0f} s"
-        print(f"{name:<28} abs_rel {row['abs_rel']:.3f}  d1 {row['d1']:.3f}  ({how})")
-    return rows
+        out.append(record)
+        ctx.examples.setdefault(exp.name, list(result.examples))
+        how = "reused" + (" (STALE: computed by other code)" if result.stale else "") if result.reused else "computed"
+        print(f"{exp.name:<28} seed {exp.train.seed:<4} abs_rel {record['abs_rel']:.3f}  d1 {record['d1']:.3f}  "
+              f"({how})")
+    print(f"{len(out)} row(s) in {seconds:.0f} s")
+    return out
 
 
-def _recomputed_since(result_file: Path, since: str | None) -> bool:
-    """Whether ``result_file`` was written after the Unix time ``since`` (None/invalid: no)."""
-    try:
-        return since is not None and result_file.is_file() and result_file.stat().st_mtime >= float(since)
-    except ValueError:
-        return False
-
-# ---------------------------------------------------------------------------------------------
-# Results files
-# ---------------------------------------------------------------------------------------------
+def _subset_label(options: RunOptions, resolved: Any) -> str | None:
+    """"subset: N of <train> train / <test> test" for a subset run, None on full lists."""
+    if options.subset is None:
+        return None
+    trainer = options.trainer(resolved)
+    train, test = trainer.split("train"), trainer.split("test")
+    return subset_label(options.subset, train.list_length or len(train), test.list_length or len(test))
 
 
 def _jsonable(obj: Any) -> Any:

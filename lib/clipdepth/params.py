@@ -225,6 +225,7 @@ PARAMETERS: dict[str, Param] = {
     "precision": _choice("fp32", "tf32", "bf16"),
     "views": _integer(1),
     "force": _boolean(),
+    "allow_stale": _boolean(),
     "reports_dir": _path(),
     "runs_dir": _path(),
     "cache_dir": _path(),

@@ -53,8 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .executors import ExecutorError, add_executor_arguments, options_from_args
+from .executors import ExecutorError, add_executor_arguments, options_from_args, run_units
 from .params import PARAMETERS, ParameterError, check_parameter, looks_like_file
+from .plan import describe_plan, plan_lines, plan_notebooks
 from .provenance import environment_info, find_cached_weights
 
 __all__ = [
@@ -244,8 +245,10 @@ SHOWN_BAD_FILES = 5
 _HOW_BAD_FILE = "replace the file (extract or download it again), or remove its line from the split list"
 
 
-def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: int | None = None) -> list[Missing]:
-    """Roots, split lists and listed files of one dataset, as the paper profile resolves them.
+def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: int | None = None,
+                   subset: int | None = None) -> list[Missing]:
+    """Roots, split lists and listed files of one dataset, as the paper profile resolves them
+    (with ``subset``, only the first ``subset`` lines of each list: the files a rehearsal reads).
 
     With ``decode`` every listed image and depth map is decoded (in ``workers`` threads, with a
     progress bar on a terminal), so a corrupt, truncated, 8-bit or all-zero file is reported by path
@@ -286,11 +289,11 @@ def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: i
             if dataset == "nyu":
                 from .data.nyu import NYUDepthV2
 
-                reader = NYUDepthV2(root, split, lst, on_missing="skip", fetch=False)
+                reader = NYUDepthV2(root, split, lst, on_missing="skip", fetch=False, subset=subset)
             else:
                 from .data.kitti import KITTIEigen
 
-                reader = KITTIEigen(root, depth_root, split, lst, on_missing="skip", fetch=False)
+                reader = KITTIEigen(root, depth_root, split, lst, on_missing="skip", fetch=False, subset=subset)
         except DataError as exc:
             missing.append(Missing(f"{dataset} {split}: {exc}", how))
             continue
@@ -322,6 +325,7 @@ def check_paper_prerequisites(
     arch: str = "RN50-quickgelu",
     decode: bool = True,
     workers: int | None = None,
+    subset: int | None = None,
 ) -> list[Missing]:
     """Everything the paper profile needs that is not on this machine or not usable (empty list = ready).
 
@@ -334,7 +338,7 @@ def check_paper_prerequisites(
     missing: list[Missing] = []
     data_dir = Path(data_dir)
     for dataset in dict.fromkeys(datasets):
-        missing += _check_dataset(dataset, data_dir, decode=decode, workers=workers)
+        missing += _check_dataset(dataset, data_dir, decode=decode, workers=workers, subset=subset)
     effective = weights if weights is not None else PROFILES["paper"].weights
     path = Path(str(effective)).expanduser()
     if looks_like_file(str(effective)):
@@ -383,6 +387,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="notebooks run in parallel, and with --executor local/submitit-local also row groups "
                              "(default 1)")
     parser.add_argument("--force", action="store_true", help="re-run finished experiments instead of reusing them")
+    parser.add_argument("--subset", type=int, default=None, metavar="N",
+                        help="use only the first N lines of every train and test list (= -p subset N): a rehearsal, "
+                             "labelled on every page, with no verdicts against the paper")
+    parser.add_argument("--allow-stale", action="store_true",
+                        help="reuse finished runs computed by other code (= -p allow_stale True); marked stale")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the rows and row groups it would train, the images it reads, the disk it writes "
+                             "and an estimated wall time, then stop without running anything")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a notebook parameter in every notebook that has it")
     parser.add_argument("--reports-dir", default=None,
@@ -548,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(str(exc))
     valid = sorted({name for d in defaults.values() for name in d})
     overrides: dict[str, Any] = {}
-    for name, raw in args.parameter:
+    shorthands = [("subset", str(args.subset))] if args.subset is not None else []
+    shorthands += [("allow_stale", "True")] if args.allow_stale else []
+    for name, raw in [*args.parameter, *shorthands]:
         if name in RESERVED:
             return fail(f"parameter {name!r} is set by run_all; use {RESERVED[name]} instead")
         if name not in valid:
@@ -607,13 +621,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # a notebook without a datasets parameter is assumed to need what the user asked the others for
             datasets = d.get("datasets") or overrides.get("datasets") or ["nyu", "kitti"]
             datasets = [datasets] if isinstance(datasets, str) else list(datasets)
-            key = (tuple(datasets), str(d.get("data_dir", "data")), str(d.get("weights")))
+            key = (tuple(datasets), str(d.get("data_dir", "data")), str(d.get("weights")), d.get("subset"))
             if key in seen:
                 continue
             seen.add(key)
             data_dir = Path(str(d.get("data_dir", "data"))).expanduser()
             data_dir = data_dir if data_dir.is_absolute() else root / data_dir
-            for m in check_paper_prerequisites(datasets, data_dir, d.get("weights")):
+            for m in check_paper_prerequisites(datasets, data_dir, d.get("weights"), subset=d.get("subset")):
                 if all(m.what != x.what for x in missing):
                     missing.append(m)
         if missing:
@@ -626,7 +640,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not gpu_ids:
             print("run_all: warning: no GPU visible; the paper profile on CPU takes a very long time", file=sys.stderr)
 
-    # 3. run
+    # 3. the row groups of the table notebooks, computed before the notebooks (which then reuse them)
+    for key, value in (DEMO_ENV if args.profile == "demo" else PAPER_ENV).items():
+        os.environ.setdefault(key, value)
+    if args.force:
+        os.environ["CLIPDEPTH_FORCE_SINCE"] = f"{force_since:.3f}"
+    planned = [(job.name, {**defaults[job.name], **job.parameters}) for job in jobs]
+    try:
+        units, _ = plan_notebooks(planned, args.profile)
+    except (ValueError, OSError) as exc:  # e.g. a subset larger than a list, an unreadable list
+        return fail(str(exc).splitlines()[0], 3 if args.profile == "paper" else 2)
+    if args.plan:
+        summary = describe_plan(units, out_dir)
+        print(f"run_all: plan for profile {args.profile} ({len(jobs)} notebook(s)); nothing is run")
+        for line in plan_lines(summary):
+            print(line)
+        return 0
+    if units:
+        print(f"run_all: {len(units)} row group(s) through the {executor_options.executor} executor")
+        sys.stdout.flush()
+        execution = run_units(units, out_dir / "logs", executor_options, gpus=gpu_ids)
+        if not execution.ok:
+            print(f"run_all: {len(execution.failed)} row group(s) failed (finished groups are kept; a rerun "
+                  "computes only what is missing); no notebook was run", file=sys.stderr)
+            return 1
+
+    # 4. the notebooks
     out_dir.mkdir(parents=True, exist_ok=True)
     banner = PROFILES[args.profile].banner
     if banner:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from .. import experiments
+from .. import experiments, plan
 from ..baselines.clip2depth import CLIP2DepthConfig
 from ..baselines.llm_mde import LLMMDEConfig, expected_trainable_parameters
 from ..baselines.published import PUBLISHED, clip2depth_implied_abs_rel
@@ -39,7 +39,6 @@ from ..metrics import METRIC_NAMES
 from ..notebook import NotebookContext, run_rows
 from ..provenance import repo_path, resolve_device
 from ..reference import reference_for
-from ..train import resolve_row
 
 __all__ = [
     "DEMO_SETTINGS",
@@ -91,9 +90,9 @@ def depthclip_rows(ctx: NotebookContext, keep_examples: int = 3) -> list[dict[st
     name = "depthclip/nyu/zero-shot"
     own = run_rows(ctx, [name], keep_examples=keep_examples)[0]
     own.update(method=METHOD_LABELS["depthclip-own"], row_label=METHOD_LABELS["depthclip-own"],
-               protocol="DepthCLIP (input box, zero canvas)", n_trainable=0)
+               scoring="DepthCLIP (input box, zero canvas)", n_trainable=0)
     p = ctx.params
-    resolved = resolve_row(name, ctx.profile, p.get("train_mode", "cached"), None, p.get("weights"))
+    (resolved,) = plan.resolve_rows([name], ctx.profile, p)
     clip = ctx.clip(resolved.arch, resolved.weights, _device(ctx))
     own["n_parameters"] = sum(t.numel() for t in clip.parameters())
     test = open_split(resolved, "test")
@@ -102,7 +101,7 @@ def depthclip_rows(ctx: NotebookContext, keep_examples: int = 3) -> list[dict[st
     key = "baselines/nyu/depthclip-metric"
     ctx.examples[key] = list(scored.examples)
     metric = {"experiment": key, "table": "baselines", "dataset": "nyu", "row_label": METHOD_LABELS["depthclip-metric"],
-              "method": METHOD_LABELS["depthclip-metric"], "protocol": "metric (the authors' protocol)",
+              "method": METHOD_LABELS["depthclip-metric"], "scoring": "metric (the authors' protocol)",
               **_metrics(scored.mean), "trained": False, "n_trainable": 0, "n_parameters": own["n_parameters"],
               "train_seconds": 0.0, "reused": False}
     print(f"{key:<28} abs_rel {metric['abs_rel']:.3f}  d1 {metric['d1']:.3f}")
@@ -113,12 +112,12 @@ def learned_rows(ctx: NotebookContext, keep_examples: int = 3) -> list[dict[str,
     """The paper's learned-7 rows (Table 3) for the notebook's datasets, with its trainer."""
     rows = run_rows(ctx, [f"t3/{d}/learned-7" for d in ctx.datasets], keep_examples=keep_examples)
     for row in rows:
-        resolved = resolve_row(row["experiment"], ctx.profile, ctx.params.get("train_mode", "cached"))
+        (resolved,) = plan.resolve_rows([row["experiment"]], ctx.profile, {**ctx.params, "seeds": [row["seed"]]})
         clip = ctx.clip(resolved.arch, resolved.weights, _device(ctx))
         n_tokens = resolved.experiment.n_trainable_tokens
         width = clip.token_embedding.weight.shape[1]
         n_clip = sum(t.numel() for t in clip.parameters())
-        row.update(method=METHOD_LABELS["learned-7"], protocol="metric (the authors' protocol)",
+        row.update(method=METHOD_LABELS["learned-7"], scoring="metric (the authors' protocol)",
                    n_trainable=n_tokens * width, n_parameters=n_clip + n_tokens * width)
     return rows
 
@@ -164,7 +163,7 @@ def baseline_rows(ctx: NotebookContext, method: str, keep_examples: int = 3) -> 
         label = METHOD_LABELS[method]
         row: dict[str, Any] = {
             "experiment": key, "table": "baselines", "dataset": dataset, "row_label": label, "method": label,
-            "protocol": "metric (the authors' protocol)", **_metrics(result.metrics), "trained": True,
+            "scoring": "metric (the authors' protocol)", **_metrics(result.metrics), "trained": True,
             "n_trainable": result.n_trainable, "n_parameters": result.n_parameters,
             "steps": len(result.history), "epochs": len(result.epoch_losses),
             "train_seconds": round(result.train_seconds, 3), "eval_seconds": round(result.eval_seconds, 3),
@@ -188,7 +187,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("
     out = []
     for r in rows:
         out.append({
-            "dataset": r["dataset"], "method": r.get("method", r.get("row_label")), "protocol": r.get("protocol", ""),
+            "dataset": r["dataset"], "method": r.get("method", r.get("row_label")), "scoring": r.get("scoring", ""),
             **{m: r.get(m) for m in metrics},
             "trainable params": int(r.get("n_trainable") or 0), "total params": int(r.get("n_parameters") or 0),
             "train s": r.get("train_seconds"), "eval s": r.get("eval_seconds"),

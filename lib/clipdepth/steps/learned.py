@@ -14,13 +14,13 @@ from typing import Any
 import open_clip
 import torch
 
+from .. import plan
 from ..backbone import weights_id
 from ..bins import bin_centres
 from ..experiments import ResolvedExperiment
 from ..neighbours import TABLE8_ROW, load_prompts
 from ..notebook import NotebookContext, run_rows
-from ..provenance import repo_path, resolve_device
-from ..train import Trainer, resolve_row
+from ..provenance import resolve_device
 
 __all__ = ["TABLE8_ROW", "LearnedRun", "learned_run"]
 
@@ -57,14 +57,12 @@ def learned_run(ctx: NotebookContext, name: str = TABLE8_ROW) -> LearnedRun:
     """
     p = ctx.params
     (row,) = run_rows(ctx, [name])
-    resolved = resolve_row(name, ctx.profile, p.get("train_mode", "cached"), p.get("epochs"),
-                          p.get("weights"), p.get("seed"))
+    (resolved,) = plan.resolve_rows([name], ctx.profile, p)
     if not resolved.experiment.learned_depth:
         raise ValueError(f"{name} has no learned depth tokens to analyse")
     device = resolve_device(p.get("device", "cpu"))
     clip = ctx.clip(resolved.arch, resolved.weights, device)
-    runs_dir = repo_path(p.get("runs_dir") or "cache/runs")
-    run_dir = Trainer(resolved, runs_dir=runs_dir, views=int(p.get("views", 4)), clip_model=clip).run_dir
+    run_dir = Path(row["run_dir"])
     if not (run_dir / "prompts.pt").is_file():
         raise FileNotFoundError(f"{run_dir} has no prompts.pt although {name} finished")
     return LearnedRun(name, row, resolved, run_dir, clip, weights_id(resolved.weights, 0))
