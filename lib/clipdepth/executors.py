@@ -18,38 +18,51 @@ submitit is the scheduler; this module only chooses what to submit and reports w
 rerun submits only what is missing: units whose :meth:`WorkUnit.is_done` is true are skipped. Every
 submitted unit is wrapped in :class:`SubmittedUnit`, a :class:`submitit.helpers.Checkpointable`, so a
 preempted or timed-out Slurm job is requeued with the same unit, which resumes from its own checkpoint.
+
+The options (:class:`ExecutorOptions`, the ``--executor``/``--slurm-*``/``-x`` arguments and their
+checks) live in :mod:`clipdepth.executor_options`, what runs inside a worker or job (:class:`WorkUnit`,
+:class:`SubmittedUnit`) in :mod:`clipdepth.executor_worker`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import concurrent.futures as futures
 import contextlib
 import dataclasses
-import math
 import multiprocessing
 import os
 import re
-import shutil
-import socket
 import sys
 import time
-import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any
 
 import submitit
-from submitit.helpers import Checkpointable, DelayedSubmission
 
 from .atomic import atomic_write_json
+from .executor_options import (
+    DEFAULT_SLURM_TIME_MIN,
+    EXECUTORS,
+    LOCAL_PARAMETERS,
+    ExecutorError,
+    ExecutorOptions,
+    SlurmOptions,
+    add_executor_arguments,
+    check_slurm_available,
+    options_from_args,
+    parse_extra,
+    parse_minutes,
+    slurm_parameter_name,
+)
+from .executor_worker import SubmittedUnit, WorkUnit, pin_gpu, run_logged
 
 __all__ = [
     "DEFAULT_SLURM_TIME_MIN",
     "EXECUTORS",
+    "LOCAL_PARAMETERS",
     "ExecutionReport",
     "ExecutorError",
     "ExecutorOptions",
@@ -65,193 +78,9 @@ __all__ = [
     "run_units",
 ]
 
-EXECUTORS = ("local", "submitit-local", "slurm")
-#: Slurm time limit when none is given: a day. A group that needs longer is requeued at the limit and
-#: resumes from its checkpoint (up to submitit's ``max_num_timeout`` = 3 times).
-DEFAULT_SLURM_TIME_MIN = 24 * 60
 #: submitit's LocalExecutor stops a job after ``timeout_min`` (default 2 minutes!); ours run for days.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
-#: Parameters of submitit's LocalExecutor that ``-x`` may set (its ``update_parameters`` ignores others).
-LOCAL_PARAMETERS = frozenset({"timeout_min", "gpus_per_node", "visible_gpus", "tasks_per_node", "nodes",
-                              "signal_delay_s", "stderr_to_stdout", "setup"})
 _ERROR_LINES = 6
-
-
-class ExecutorError(ValueError):
-    """Bad executor options, or an executor that this machine cannot use (one line, says which)."""
-
-
-@runtime_checkable
-class WorkUnit(Protocol):
-    """What the executors run: picklable, a pure function of its configuration.
-
-    ``__call__`` does the work, writes every result atomically into the shared runs folder, resumes
-    from its own checkpoints and is idempotent (calling it again after it finished changes nothing),
-    so it may be killed at any moment and started again, here or on another node.
-    """
-
-    key: str  #: stable id (e.g. the stream key prefix); names the unit's log files
-    label: str  #: human text for progress lines
-
-    def is_done(self) -> bool:
-        """True when all its results exist in the shared runs folder (then it is not submitted)."""
-        ...
-
-    def __call__(self) -> Any: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Options
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """What each Slurm job asks for; anything else goes through ``ExecutorOptions.extra`` (``-x``)."""
-
-    partition: str | None = None
-    gpus_per_job: int = 1
-    time_min: int = DEFAULT_SLURM_TIME_MIN
-    array_parallelism: int | None = None
-
-
-@dataclass(frozen=True)
-class ExecutorOptions:
-    """Where and how :func:`run_units` runs units; built by :func:`options_from_args` for the CLI.
-
-    ``jobs``: units run at the same time by ``local`` and ``submitit-local`` (Slurm uses
-    ``slurm.array_parallelism`` instead). ``extra``: more submitit parameters (``-x KEY=VALUE``),
-    passed to ``update_parameters`` of the submitit executors.
-    """
-
-    executor: str = "local"
-    jobs: int = 1
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        """Raise :class:`ExecutorError` (one line) unless these options can run on this machine.
-
-        Cheap and local: for ``slurm`` it only looks for ``sbatch``/``srun`` on PATH and checks the
-        ``-x`` names against submitit's parameter lists, so a bad command fails before anything runs.
-        """
-        if self.executor not in EXECUTORS:
-            raise ExecutorError(f"--executor: unknown executor {self.executor!r}; valid: {', '.join(EXECUTORS)}")
-        if self.jobs < 1:
-            raise ExecutorError(f"--jobs must be >= 1, got {self.jobs}")
-        if self.executor == "slurm":
-            check_slurm_available()
-            if self.slurm.gpus_per_job < 0:
-                raise ExecutorError(f"--slurm-gpus-per-job must be >= 0, got {self.slurm.gpus_per_job}")
-            if self.slurm.time_min < 1:
-                raise ExecutorError(f"--slurm-time must be at least one minute, got {self.slurm.time_min} min")
-            if self.slurm.array_parallelism is not None and self.slurm.array_parallelism < 1:
-                raise ExecutorError(f"--slurm-array-parallelism must be >= 1, got {self.slurm.array_parallelism}")
-        elif self.slurm != SlurmOptions():
-            raise ExecutorError(f"--slurm-* options apply to --executor slurm only (executor is {self.executor})")
-        if self.extra and self.executor == "local":
-            raise ExecutorError("-x applies to the submitit executors only (--executor submitit-local or slurm)")
-        for key in self.extra:
-            if self.executor == "submitit-local" and key not in LOCAL_PARAMETERS:
-                raise ExecutorError(f"-x {key}: not a parameter of submitit's LocalExecutor; valid: "
-                                    f"{', '.join(sorted(LOCAL_PARAMETERS))}")
-            if self.executor == "slurm":
-                name = _slurm_key(key)
-                valid = submitit.SlurmExecutor._valid_parameters()
-                if name not in _AUTO_GENERIC and name.removeprefix("slurm_") not in valid:
-                    raise ExecutorError(f"-x {key}: not a submitit Slurm parameter; valid: "
-                                        f"{', '.join(sorted(_AUTO_GENERIC | valid))}")
-
-
-#: AutoExecutor's cluster-independent parameters (timeout_min, mem_gb, gpus_per_node, cpus_per_task...).
-_AUTO_GENERIC = frozenset(submitit.AutoExecutor._valid_parameters())
-
-
-def _slurm_key(key: str) -> str:
-    """AutoExecutor's name for a ``-x`` key: generic names as they are, others prefixed ``slurm_``."""
-    return key if key in _AUTO_GENERIC or key.startswith("slurm_") else f"slurm_{key}"
-
-
-def check_slurm_available() -> None:
-    """Raise :class:`ExecutorError` unless this machine can submit Slurm jobs (``sbatch``, ``srun``)."""
-    missing = [exe for exe in ("sbatch", "srun") if shutil.which(exe) is None]
-    if missing:
-        raise ExecutorError(
-            f"--executor slurm: {' and '.join(missing)} not found on PATH, so this machine cannot submit "
-            "Slurm jobs; run on a login node of the cluster, or use --executor local / submitit-local")
-
-
-def parse_minutes(text: str) -> int:
-    """A Slurm time limit as whole minutes: ``90``, ``HH:MM:SS``, ``MM:SS`` or ``D-HH:MM:SS`` (rounded up)."""
-    text = text.strip()
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not match:
-        raise ValueError(f"invalid time {text!r}: expected minutes or HH:MM:SS")
-    days, first, second, third = match.groups()
-    if second is None:
-        if days is not None:  # D-HH
-            return int(days) * 1440 + int(first) * 60
-        return int(first)
-    if third is None:  # MM:SS, or D-HH:MM
-        seconds = int(first) * 3600 + int(second) * 60 if days is not None else int(first) * 60 + int(second)
-    else:
-        seconds = int(first) * 3600 + int(second) * 60 + int(third)
-    seconds += int(days or 0) * 86400
-    return max(1, math.ceil(seconds / 60))
-
-
-def parse_extra(items: Sequence[str]) -> dict[str, Any]:
-    """``-x KEY=VALUE`` items as a dict; values are Python literals (``32``, ``True``, ``['a']``) or strings."""
-    extra: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ExecutorError(f"-x {item!r}: expected KEY=VALUE with a parameter name as KEY")
-        try:
-            extra[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            extra[key] = raw
-    return extra
-
-
-def _minutes_arg(text: str) -> int:
-    try:
-        return parse_minutes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--executor``, ``--slurm-*`` and ``-x`` to a parser that already has ``--jobs``."""
-    group = parser.add_argument_group("where row groups run")
-    group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: --jobs worker processes on this machine (default); submitit-local: each "
-                            "group as a submitit job on this machine; slurm: a Slurm job array via submitit")
-    group.add_argument("--slurm-partition", default=None, metavar="NAME", help="Slurm partition")
-    group.add_argument("--slurm-gpus-per-job", type=int, default=None, metavar="N",
-                       help="GPUs per Slurm job (default 1; 0 for CPU-only jobs)")
-    group.add_argument("--slurm-time", type=_minutes_arg, default=None, metavar="TIME",
-                       help=f"time limit per job, minutes or HH:MM:SS (default {DEFAULT_SLURM_TIME_MIN // 60}:00:00); "
-                            "a job reaching it is requeued and resumes from its checkpoint")
-    group.add_argument("--slurm-array-parallelism", type=int, default=None, metavar="N",
-                       help="at most N jobs of the array run at once (default: Slurm's/submitit's limit)")
-    group.add_argument("-x", dest="executor_params", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other submitit parameter, e.g. -x mem_gb=64 -x account=proj -x "
-                            "cpus_per_task=8 (repeatable)")
-
-
-def options_from_args(args: argparse.Namespace) -> ExecutorOptions:
-    """The :class:`ExecutorOptions` of parsed arguments, checked (:meth:`ExecutorOptions.check`).
-
-    Call it first: ``--executor slurm`` on a machine without Slurm fails here, before anything runs.
-    """
-    given = {"partition": args.slurm_partition, "gpus_per_job": args.slurm_gpus_per_job,
-             "time_min": args.slurm_time, "array_parallelism": args.slurm_array_parallelism}
-    slurm = dataclasses.replace(SlurmOptions(), **{k: v for k, v in given.items() if v is not None})
-    options = ExecutorOptions(args.executor, args.jobs, slurm, parse_extra(args.executor_params))
-    options.check()
-    return options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,36 +133,6 @@ class ExecutionReport:
         """Everything but the units' return values (which need not be JSON)."""
         return {"executor": self.executor,
                 "units": [{k: v for k, v in dataclasses.asdict(o).items() if k != "result"} for o in self.outcomes]}
-
-
-# ---------------------------------------------------------------------------------------------
-# The submitted callable
-# ---------------------------------------------------------------------------------------------
-
-
-class SubmittedUnit(Checkpointable):
-    """A unit as a submitit job: requeue-safe.
-
-    When Slurm preempts the job, or its time limit comes near, submitit calls :meth:`checkpoint` and
-    requeues the job with the submission it returns: the same unit, unchanged. Nothing of the unit's
-    progress is pickled here; resumption is the unit's own per-epoch checkpoint in the runs folder,
-    which the requeued call finds and continues from (so the result is the same as an uninterrupted
-    run). A job killed without warning (node failure, ``kill -9``) is simply submitted again by the
-    next run, which resumes the same way.
-    """
-
-    def __init__(self, unit: WorkUnit) -> None:
-        self.unit = unit
-
-    def __call__(self) -> Any:
-        print(f"[clipdepth] unit {self.unit.key} ({self.unit.label}) on {socket.gethostname()}, pid {os.getpid()}",
-              flush=True)
-        return self.unit()
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        print(f"[clipdepth] unit {self.unit.key}: preempted or near its time limit; requeued with the same unit, "
-              "which resumes from its last checkpoint", flush=True)
-        return DelayedSubmission(SubmittedUnit(self.unit))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,38 +215,6 @@ class _Progress:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pin_gpu(gpu: str | None) -> None:
-    """Worker initializer: runs before the unit imports torch, so the worker sees only its GPU."""
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-
-
-def _run_logged(unit: WorkUnit, log: str) -> tuple[str, Any]:
-    """In a worker: run ``unit`` with stdout/stderr (also of C code) appended to ``log``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "a", encoding="utf-8") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        try:
-            print(f"[clipdepth] unit {unit.key} ({unit.label}) on {socket.gethostname()}, pid {os.getpid()}, "
-                  f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
-            try:
-                return "ok", unit()
-            except Exception:
-                text = traceback.format_exc()
-                print(text, file=sys.stderr, flush=True)
-                return "error", text
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
 def _log_pid(log: Path) -> str:
     try:
         with log.open(encoding="utf-8", errors="replace") as fh:
@@ -479,11 +246,11 @@ def _run_local(todo: list[WorkUnit], logs_dir: Path, jobs: int, gpus: Sequence[s
                     break
                 if pools[slot] is None:
                     gpu = gpus[slot % len(gpus)] if gpus else None
-                    pools[slot] = futures.ProcessPoolExecutor(1, mp_context=context, initializer=_pin_gpu,
+                    pools[slot] = futures.ProcessPoolExecutor(1, mp_context=context, initializer=pin_gpu,
                                                               initargs=(gpu,))
                 unit = queue.popleft()
                 log = log_dir / f"{_file_name(unit.key)}.log"
-                running[pools[slot].submit(_run_logged, unit, str(log))] = (unit, slot, log, time.perf_counter())
+                running[pools[slot].submit(run_logged, unit, str(log))] = (unit, slot, log, time.perf_counter())
             progress.counts(len(queue), len(running), sum(o.status == "ok" for o in outcomes.values()),
                             sum(o.status == "failed" for o in outcomes.values()))
             done, _ = futures.wait(list(running), timeout=poll_s, return_when=futures.FIRST_COMPLETED)
@@ -549,7 +316,7 @@ def _make_executor(options: ExecutorOptions, folder: Path) -> submitit.Executor:
             params["slurm_partition"] = options.slurm.partition
         if options.slurm.array_parallelism:
             params["slurm_array_parallelism"] = options.slurm.array_parallelism
-        params.update({_slurm_key(k): v for k, v in options.extra.items()})
+        params.update({slurm_parameter_name(k): v for k, v in options.extra.items()})
         executor.update_parameters(**params)
         return executor
     except (AssertionError, NameError, ValueError, RuntimeError, TypeError) as exc:
