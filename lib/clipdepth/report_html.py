@@ -204,7 +204,7 @@ def _provenance_cell(entry: Mapping[str, Any], page_git: Mapping[str, Any]) -> s
     if commit:
         parts.append(f'<span class="small commit">{_esc(commit)}</span>')
     if first.get("stale"):
-        parts.append('<span class="stale" title="reused from a run computed by other code (--allow-stale)">'
+        parts.append('<span class="stale" title="reused from a run of other code (--allow-stale)">'
                      "stale</span>")
     return "<br>".join(parts)
 

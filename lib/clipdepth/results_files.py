@@ -110,7 +110,13 @@ def results_csv(records: list[dict[str, Any]], comparison: pd.DataFrame, git: Ma
                 if judged:
                     line[f"verdict_{metric}"] = rec["verdict"]
         lines.append(line)
-    return pd.DataFrame(lines)
+    frame = pd.DataFrame(lines)
+    for column in ("views", "epochs", "n_seeds"):  # whole numbers, not 4.0, with blanks where there is none
+        try:
+            frame[column] = frame[column].astype("Int64")
+        except (TypeError, ValueError):
+            pass  # a merged value such as "3/5" (seeds that disagree) stays as text
+    return frame
 
 
 def results_markdown(payload: Mapping[str, Any], comparison: pd.DataFrame) -> str:
