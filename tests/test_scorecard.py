@@ -279,3 +279,15 @@ def test_rows_without_pooled_values_add_no_pooled_columns() -> None:
     table = report.comparison_table(report.compare_with_paper([_row(n) for n in NYU_T3]))
     assert not [c for c in table.columns if "pixel-pooled" in c[1]]
     assert ("seeds", "n") not in table.columns  # one seed: no interval columns either
+
+
+def test_comparison_figure_draws_the_seed_interval() -> None:
+    name = "t3/nyu/learned-7"
+    rows = [_row(name, seed=s, abs_rel=v) for s, v in ((1, 0.324), (2, 0.325), (42, 0.326))]
+    fig = report.plot_comparison(report.compare_with_paper(rows), metric="abs_rel")
+    ours = [c for ax in fig.axes for c in ax.containers if c.get_label().startswith("ours")]
+    assert len(ours) == 1 and ours[0].errorbar is not None
+    segment = ours[0].errorbar.lines[2][0].get_segments()[0]
+    assert segment[1][0] - segment[0][0] == pytest.approx(2 * 4.302653 * 0.001 / math.sqrt(3), rel=1e-5)
+    single = report.plot_comparison(report.compare_with_paper([_row(name)]), metric="abs_rel")
+    assert all(c.errorbar is None for ax in single.axes for c in ax.containers)

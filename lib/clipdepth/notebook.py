@@ -14,7 +14,7 @@ Typical notebook::
 
     ctx = report.start_notebook("01_token_ablation", params, profile=profile, reports_dir=reports_dir)
     rows = report.run_rows(ctx, ctx.experiment_names("t3"))
-    comparison = report.compare_with_paper(rows)
+    comparison = report.compare_with_paper(rows, verdicts=report.verdicts_for(ctx))
     report.comparison_table(comparison)
     report.save_figure(ctx, report.plot_comparison(comparison, metric="abs_rel"), "comparison_abs_rel")
     report.finish_notebook(ctx, rows)
