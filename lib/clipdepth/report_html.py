@@ -247,7 +247,7 @@ def _legend_html(tables: dict[str, list[dict[str, Any]]]) -> str:
     text = [f"Each cell: our value, <b>{PER_IMAGE_LABEL}</b> (the mean of per-image metrics, the paper's "
             f"convention and the authors' <code>metrics_ra</code>), the paper's, and the difference (ours - paper); "
             f"where the run recorded it, <b>{POOLED_LABEL}</b> (all test pixels together, the authors' "
-            f"<code>metrics</code>) for {', '.join(METRIC_LABELS[m] for m in POOLED_METRICS)}."]
+            f"<code>metrics</code>) for {_esc(', '.join(METRIC_LABELS[m] for m in POOLED_METRICS))}."]
     if multi:
         text.append(f"Rows run with several seeds show mean &plusmn; half width of the {CONFIDENCE:.0%} Student-t "
                     "interval over seeds (n seeds).")

@@ -142,7 +142,8 @@ def results_markdown(payload: Mapping[str, Any], comparison: pd.DataFrame) -> st
         metrics = [m for m in COMPARE_METRICS if m in published] + ["rmse_log"]
         pooled = [m for m in POOLED_METRICS if comparison.loc[comparison["metric"] == m, "pooled"].notna().any()]
         header = (["table", "dataset", "row"]
-                  + [f"{METRIC_LABELS[m]} ours {PER_IMAGE_LABEL} / paper (diff)" for m in metrics]
+                  + [f"{METRIC_LABELS[m]} ours {PER_IMAGE_LABEL}" + (" / paper (diff)" if m in published else "")
+                     for m in metrics]
                   + [f"{METRIC_LABELS[m]} ours {POOLED_LABEL}" for m in pooled] + ["verdict"])
         body, provenance = [], []
         for first, by_metric, part in _table_rows(comparison):
