@@ -44,7 +44,8 @@ def plot_comparison(df: pd.DataFrame, metric: str = "abs_rel", title: str | None
     """Horizontal bars, ours beside the paper's, one panel per dataset, for one metric.
 
     ``df`` is :func:`compare_with_paper`'s output (or anything with its columns). Rows without a
-    published value show our bar only. Returns the matplotlib Figure.
+    published value show our bar only; rows run with several seeds show the 95 % interval as an error
+    bar. Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
 
@@ -61,7 +62,10 @@ def plot_comparison(df: pd.DataFrame, metric: str = "abs_rel", title: str | None
         part = data[data["dataset"] == dataset]
         labels = [f"{t}: {r}" for t, r in zip(part["table"], part["row_label"], strict=True)]
         y = np.arange(len(part))
-        ax.barh(y - 0.2, part["ours"], height=0.4, color="#1f77b4", label="ours")
+        spread = pd.to_numeric(part["half_width"], errors="coerce") if "half_width" in part else None
+        xerr = spread.fillna(0.0).to_numpy() if spread is not None and spread.notna().any() else None
+        ax.barh(y - 0.2, part["ours"], height=0.4, color="#1f77b4", xerr=xerr, capsize=2,
+                label="ours" + (" (mean ± 95% CI over seeds)" if xerr is not None else ""))
         has_paper = part["paper"].notna().to_numpy()
         if has_paper.any():
             ax.barh(y[has_paper] + 0.2, part["paper"].to_numpy()[has_paper], height=0.4, color="#ff7f0e",

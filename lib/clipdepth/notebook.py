@@ -6,22 +6,25 @@ Keeping those steps here means a notebook is a dozen readable calls, the tests e
 without Jupyter, and ``./run_all.sh`` (:mod:`clipdepth.runall`) and the HTML index
 (:mod:`clipdepth.report_html`) read what the notebooks wrote instead of parsing notebooks. The
 comparison with the paper is :mod:`clipdepth.scorecard`, figures are :mod:`clipdepth.figures`, the
-provenance recorded is :mod:`clipdepth.provenance`; :mod:`clipdepth.report` gathers all of them
+provenance recorded is :mod:`clipdepth.provenance`, the CSV and Markdown views are
+:mod:`clipdepth.results_files`; :mod:`clipdepth.report` gathers all of them
 under one name for the notebooks.
 
 Typical notebook::
 
     ctx = report.start_notebook("01_token_ablation", params, profile=profile, reports_dir=reports_dir)
     rows = report.run_rows(ctx, ctx.experiment_names("t3"))
-    comparison = report.compare_with_paper(rows)
+    comparison = report.compare_with_paper(rows, verdicts=report.verdicts_for(ctx))
     report.comparison_table(comparison)
     report.save_figure(ctx, report.plot_comparison(comparison, metric="abs_rel"), "comparison_abs_rel")
     report.finish_notebook(ctx, rows)
 
 Files written per notebook, under ``<reports_dir>/<profile>/<notebook>/``: ``results.json`` (parameters,
-package versions, weights id, git commit, every metric of every row, the comparison with the paper,
-wall time, banner), ``results.csv`` (one line per table row: our metrics, the paper's, differences),
-``results.md`` (the same as a readable table) and the PNG figures (:func:`clipdepth.figures.save_figure`).
+package versions, weights id, git commit, every metric of every row and seed, the comparison with the
+paper, whether verdicts are drawn, wall time, banner), ``results.csv`` (one line per table row: our
+metrics, mean over seeds, the paper's, differences, pixel-pooled values, protocol, stale, computing
+commit where it differs), ``results.md`` (the same as readable tables) and the PNG figures
+(:func:`clipdepth.figures.save_figure`).
 Each is written to a unique temporary and renamed (:mod:`clipdepth.atomic`).
 """
 
@@ -51,16 +54,8 @@ from .metrics import METRIC_NAMES
 from .plan import RowSpec
 from .provenance import environment_info, repo_path, resolve_device, weights_info
 from .reference import PAPER_METRIC_NOTE
-from .scorecard import (
-    COMPARE_METRICS,
-    METRIC_LABELS,
-    TOLERANCE,
-    as_records,
-    compare_with_paper,
-    format_value,
-    is_missing,
-    markdown_table,
-)
+from .results_files import jsonable, results_csv, results_markdown
+from .scorecard import TOLERANCE, as_records, compare_with_paper, no_verdict_note, verdicts_allowed
 
 __all__ = [
     "NotebookContext",
@@ -69,6 +64,7 @@ __all__ = [
     "run_rows",
     "show_banner",
     "start_notebook",
+    "verdicts_for",
 ]
 
 #: pandas display options set by :func:`start_notebook`: the comparison tables have up to 30 columns
@@ -298,30 +294,6 @@ def _subset_label(options: RunOptions, resolved: Any) -> str | None:
     return subset_label(options.subset, train.list_length or len(train), test.list_length or len(test))
 
 
-def _jsonable(obj: Any) -> Any:
-    """Strict-JSON version of ``obj``: NaN/inf become None, numpy scalars and paths plain values."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return str(obj)
-
-
 def _row_records(rows: list[dict[str, Any]] | pd.DataFrame) -> list[dict[str, Any]]:
     records = as_records(rows)
     for rec in records:
@@ -329,22 +301,36 @@ def _row_records(rows: list[dict[str, Any]] | pd.DataFrame) -> list[dict[str, An
     return records
 
 
+def verdicts_for(ctx: NotebookContext) -> bool:
+    """Whether this notebook may judge its rows against the paper (paper profile, no ``subset``).
+
+    Notebooks pass it on: ``report.compare_with_paper(rows, verdicts=report.verdicts_for(ctx))``.
+    """
+    return verdicts_allowed(ctx.profile, ctx.params.get("subset"))
+
+
 def finish_notebook(
     ctx: NotebookContext, rows: list[dict[str, Any]] | pd.DataFrame, extra: Mapping[str, Any] | None = None
 ) -> Path:
     """Write ``results.json``, ``results.csv`` and ``results.md`` for the notebook; return the JSON path.
 
-    ``rows`` are the table rows (dicts or a DataFrame); rows naming a registry ``experiment`` (or
-    carrying a ``reference`` dict) are also compared with the paper. ``extra`` is stored as is
-    (JSON-converted) for notebook-specific results such as nearest-neighbour lists.
+    ``rows`` are the table rows (dicts or a DataFrame), one per experiment and seed; all of them go
+    to ``results.json``. Rows naming a registry ``experiment`` (or carrying a ``reference`` dict) are
+    also compared with the paper, averaged over seeds; verdicts are drawn only when
+    :func:`verdicts_for` allows (``verdicts`` in the JSON; otherwise ``no_verdict`` says why).
+    ``extra`` is stored as is (JSON-converted) for notebook-specific results such as
+    nearest-neighbour lists.
     """
     records = _row_records(rows)
     has_names = any(r.get("experiment") for r in records)
-    comparison = compare_with_paper(records) if has_names else pd.DataFrame()
+    p = ctx.params
+    subset = p.get("subset")
+    verdicts = verdicts_allowed(ctx.profile, subset)
+    subset_label = next((r.get("subset_label") for r in records if r.get("subset_label")), None)
+    comparison = compare_with_paper(records, verdicts=verdicts) if has_names else pd.DataFrame()
     finished = _now()
     wall = time.perf_counter() - ctx.t0
     env = environment_info()
-    p = ctx.params
     registered = [r for r in records if _registered(r)]
     arch = experiments.get(registered[0]["experiment"]).arch if registered else "RN50-quickgelu"
     try:
@@ -367,6 +353,9 @@ def finish_notebook(
         "metric_names": list(METRIC_NAMES),
         "metric_note": PAPER_METRIC_NOTE,
         "tolerance": TOLERANCE,
+        "verdicts": verdicts,
+        "no_verdict": no_verdict_note(ctx.profile, subset, subset_label),
+        "subset_label": subset_label,
         "rows": records,
         "comparison": comparison.to_dict(orient="records") if not comparison.empty else [],
         "figures": list(ctx.figures),
@@ -375,65 +364,12 @@ def finish_notebook(
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "results.json"
-    atomic_write_text(json_path, json.dumps(_jsonable(payload), indent=2, allow_nan=False))
-    atomic_write_text(out / "results.csv", _results_csv(records, comparison).to_csv(index=False))
-    atomic_write_text(out / "results.md", _results_markdown(payload, comparison))
+    atomic_write_text(json_path, json.dumps(jsonable(payload), indent=2, allow_nan=False))
+    atomic_write_text(out / "results.csv", results_csv(records, comparison, env["git"]).to_csv(index=False))
+    atomic_write_text(out / "results.md", results_markdown(payload, comparison))
     print(f"results written to {json_path} ({len(records)} rows, {wall:.0f} s)")
     return json_path
 
 
 def _registered(record: Mapping[str, Any]) -> bool:
     return record.get("experiment") in experiments.EXPERIMENTS
-
-
-def _results_csv(records: list[dict[str, Any]], comparison: pd.DataFrame) -> pd.DataFrame:
-    """Rows with our metrics, then ``paper_<metric>`` and ``diff_<metric>`` where the paper has one."""
-    frame = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in records])
-    if comparison.empty or frame.empty:
-        return frame
-    for metric in COMPARE_METRICS:
-        part = comparison[comparison["metric"] == metric]
-        if part["paper"].notna().any():
-            frame[f"paper_{metric}"] = part["paper"].to_numpy()
-            frame[f"diff_{metric}"] = part["difference"].to_numpy()
-    return frame
-
-
-def _results_markdown(payload: Mapping[str, Any], comparison: pd.DataFrame) -> str:
-    lines = [f"# {payload['notebook']} ({payload['profile']} profile)", ""]
-    if payload.get("banner"):
-        lines += [f"> **{payload['banner']}**", ""]
-    git = payload.get("git") or {}
-    commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
-    lines += [
-        f"- run: {payload['started_at']} to {payload['finished_at']}, wall time {payload['wall_seconds']:.0f} s",
-        f"- git commit: {commit}; weights: {(payload.get('weights') or {}).get('id')}",
-        f"- torch {payload['versions'].get('torch')}, open_clip {payload['versions'].get('open_clip_torch')}",
-        "",
-    ]
-    if not comparison.empty:
-        published = set(comparison.loc[comparison["paper"].notna(), "metric"])
-        metrics = [m for m in COMPARE_METRICS if m in published] + ["rmse_log"]
-        header = ["table", "dataset", "row"] + [METRIC_LABELS[m] + " ours / paper (diff)" for m in metrics]
-        body = []
-        for (_, table, dataset, row_label), part in comparison.groupby(
-            ["experiment", "table", "dataset", "row_label"], sort=False
-        ):
-            cells = []
-            for metric in metrics:
-                rec = part[part["metric"] == metric].iloc[0]
-                if is_missing(rec["paper"]):
-                    cells.append(format_value(rec["ours"]))
-                else:
-                    ours, paper = format_value(rec["ours"]), format_value(rec["paper"])
-                    cells.append(f"{ours} / {paper} ({format_value(rec['difference'], signed=True)})")
-            body.append([table, dataset, row_label, *cells])
-        lines += ["## Ours vs paper", "", markdown_table(header, body), ""]
-        lines += [f"Note: {payload['metric_note']}", ""]
-    else:
-        rows = payload["rows"]
-        if rows:
-            keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
-            lines += ["## Rows", "", markdown_table(keys, ([r.get(k, "") for k in keys] for r in rows)), ""]
-    lines += ["## Parameters", "", "```json", json.dumps(_jsonable(payload["parameters"]), indent=2), "```", ""]
-    return "\n".join(lines)

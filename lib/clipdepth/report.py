@@ -14,7 +14,7 @@ Typical notebook::
 
     ctx = report.start_notebook("01_token_ablation", params, profile=profile, reports_dir=reports_dir)
     rows = report.run_rows(ctx, ctx.experiment_names("t3"))
-    comparison = report.compare_with_paper(rows)
+    comparison = report.compare_with_paper(rows, verdicts=report.verdicts_for(ctx))
     report.comparison_table(comparison)
     report.save_figure(ctx, report.plot_comparison(comparison, metric="abs_rel"), "comparison_abs_rel")
     report.finish_notebook(ctx, rows)
@@ -23,7 +23,7 @@ Typical notebook::
 from __future__ import annotations
 
 from .figures import pick_examples, plot_comparison, plot_qualitative, save_figure
-from .notebook import NotebookContext, finish_notebook, run_rows, show_banner, start_notebook
+from .notebook import NotebookContext, finish_notebook, run_rows, show_banner, start_notebook, verdicts_for
 from .provenance import environment_info, git_state, repo_path, repo_root, resolve_device, weights_info
 from .report_html import write_index
 from .scorecard import (
@@ -33,6 +33,7 @@ from .scorecard import (
     compare_with_paper,
     comparison_table,
     markdown_table,
+    verdicts_allowed,
     within_tolerance,
 )
 from .train import resolve_row
@@ -59,6 +60,8 @@ __all__ = [
     "save_figure",
     "show_banner",
     "start_notebook",
+    "verdicts_allowed",
+    "verdicts_for",
     "weights_info",
     "within_tolerance",
     "write_index",

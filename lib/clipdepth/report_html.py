@@ -7,9 +7,14 @@ must not depend on notebook internals. Each notebook leaves ``<name>/results.jso
 notebook without code) and ``run_all.json`` (statuses and times of the last invocation); this module
 joins them into a self-contained HTML page with no external assets.
 
-Scorecard: one line per table row with, for every published metric, our value, the paper's and the
-difference, coloured by :data:`clipdepth.scorecard.TOLERANCE`; then the count of metrics within
-tolerance. A final check lists every row of paper Tables 3-7 that no results file contains.
+Scorecard: one line per table row with, for every published metric, our value (per image, the paper's
+convention; the mean ± 95 % half width over several seeds), the paper's, the difference and, where
+recorded, the pixel-pooled value; then the verdict and how the row was produced (protocol, seeds,
+epochs, subset, the computing commit where it is not the page's own, a stale marker). Verdicts (the
+green/red cells and the "N of M within tolerance" counts, or with several seeds "paper inside our
+interval") are drawn only for results whose ``verdicts`` flag is set (the paper profile on full data,
+:func:`clipdepth.scorecard.verdicts_allowed`); other rows show the differences and say why there is
+no verdict. A final check lists every row of paper Tables 3-7 that no results file contains.
 """
 
 from __future__ import annotations
@@ -24,7 +29,20 @@ from typing import Any
 
 from . import experiments
 from .atomic import atomic_write_text
-from .scorecard import METRIC_LABELS, TOLERANCE
+from .scorecard import (
+    CONFIDENCE,
+    METRIC_LABELS,
+    PER_IMAGE_LABEL,
+    POOLED_LABEL,
+    POOLED_METRICS,
+    TOLERANCE,
+    computed_by_text,
+    format_mean,
+    no_verdict_note,
+    protocol_text,
+    verdict_text,
+    verdicts_allowed,
+)
 
 __all__ = ["SCORE_METRICS", "TABLE_TITLES", "collect_results", "expected_rows", "render_index", "write_index"]
 
@@ -51,6 +69,8 @@ table{border-collapse:collapse;font-size:12px;margin:6px 0 16px}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
 th{background:#f3f3f3} td.l,th.l{text-align:left}
 td.ok{background:#e3f4e1} td.bad{background:#fbe3e1} td.na{color:#777}
+.stale{background:#7a4b00;color:#fff;font-weight:bold;padding:0 4px;border-radius:3px}
+.noverdict{color:#5c4400;font-style:italic}
 .small{color:#666;font-size:11px} .fail{color:#b00020;font-weight:bold} .pass{color:#1b7c1b;font-weight:bold}
 .figs img{max-width:420px;border:1px solid #ddd;margin:4px}
 code{background:#f5f5f5;padding:1px 3px}
@@ -99,10 +119,22 @@ def expected_rows(tables: tuple[str, ...] = REQUIRED_TABLES) -> list[str]:
     return [exp.name for t in tables for exp in experiments.select(table=t)]
 
 
+def _results_verdicts(res: Mapping[str, Any]) -> bool:
+    """A results file's ``verdicts`` flag; for files written before it existed, decided from its profile
+    and ``subset`` parameter the same way (so an old demo file never shows green)."""
+    if "verdicts" in res:
+        return bool(res["verdicts"])
+    return verdicts_allowed(res.get("profile"), (res.get("parameters") or {}).get("subset"))
+
+
 def _scorecard_rows(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Comparison records grouped by table, then by experiment, keeping the newest results per row."""
+    """Comparison records grouped by table, then by experiment, keeping the newest results per row.
+
+    Each entry carries its results file's verdict flag and, when verdicts are not allowed, the reason.
+    """
     by_experiment: dict[str, dict[str, Any]] = {}
     for res in results:
+        verdicts = _results_verdicts(res)
         grouped: dict[str, dict[str, Any]] = {}
         for rec in res.get("comparison") or []:
             name = rec.get("experiment")
@@ -111,9 +143,13 @@ def _scorecard_rows(results: list[dict[str, Any]]) -> dict[str, list[dict[str, A
             entry = grouped.setdefault(name, {
                 "experiment": name, "table": rec.get("table"), "dataset": rec.get("dataset"),
                 "row_label": rec.get("row_label"), "notebook": res["_dir"], "finished_at": res.get("finished_at"),
-                "metrics": {},
+                "verdicts": verdicts, "metrics": {}, "first": rec,
+                "no_verdict": None if verdicts else (
+                    res.get("no_verdict") or no_verdict_note(res.get("profile"),
+                                                             (res.get("parameters") or {}).get("subset"),
+                                                             rec.get("subset_label"))),
             })
-            entry["metrics"][rec.get("metric")] = rec
+            entry["metrics"][rec.get("metric")] = rec if verdicts else {**rec, "verdict": None}
         for name, entry in grouped.items():
             old = by_experiment.get(name)
             if old is None or str(entry["finished_at"] or "") >= str(old["finished_at"] or ""):
@@ -125,19 +161,55 @@ def _scorecard_rows(results: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     return tables
 
 
-def _metric_cell(rec: Mapping[str, Any] | None) -> str:
+def _verdict_of(rec: Mapping[str, Any]) -> bool | None:
+    """The verdict of one comparison line; results written before ``verdict`` existed carry only
+    ``within_tolerance``."""
+    value = rec.get("verdict", rec.get("within_tolerance"))
+    return None if value is None else bool(value)
+
+
+def _metric_cell(rec: Mapping[str, Any] | None, metric: str, verdicts: bool) -> str:
     if not rec:
         return '<td class="na">–</td>'
     ours, paper = _num(rec.get("ours")), _num(rec.get("paper"))
+    value = _esc(format_mean(ours, rec.get("half_width"), rec.get("n_seeds")))
+    pooled = _num(rec.get("pooled"))
+    pooled_html = (f'<br><span class="small pooled">{POOLED_LABEL} {_fmt(pooled)}</span>'
+                   if metric in POOLED_METRICS and not math.isnan(pooled) else "")
     if math.isnan(paper):
-        return f'<td class="na">{_fmt(ours)}<br><span class="small">no paper value</span></td>'
-    ok = rec.get("within_tolerance")
-    css = "ok" if ok else "bad"
-    return (f'<td class="{css}"><b>{_fmt(ours)}</b><br><span class="small">paper {_fmt(paper)}</span>'
-            f'<br><span class="small">diff {_fmt(rec.get("difference"), signed=True)}</span></td>')
+        return f'<td class="na">{value}<br><span class="small">no paper value</span>{pooled_html}</td>'
+    verdict = _verdict_of(rec) if verdicts else None
+    css = "" if verdict is None else (' class="ok"' if verdict else ' class="bad"')
+    return (f'<td{css}><b>{value}</b><br><span class="small">paper {_fmt(paper)}</span>'
+            f'<br><span class="small">diff {_fmt(rec.get("difference"), signed=True)}</span>{pooled_html}</td>')
 
 
-def _scorecard_html(tables: dict[str, list[dict[str, Any]]]) -> str:
+def _verdict_cell(entry: Mapping[str, Any]) -> str:
+    if not entry["verdicts"]:
+        reason = str(entry.get("no_verdict") or "no verdict").split(" (", 1)[0]
+        return f'<span class="small noverdict">{_esc(reason)}</span>'
+    lines = [{**rec, "verdict": _verdict_of(rec)} for m, rec in entry["metrics"].items() if m in SCORE_METRICS]
+    text = verdict_text(lines)
+    judged = [r for r in lines if r["verdict"] is not None]
+    if not judged:
+        return f'<span class="small">{_esc(text)}</span>'
+    mark = "pass" if all(r["verdict"] for r in judged) else "fail"
+    return f'<span class="{mark}">{"yes" if mark == "pass" else "no"}</span> {_esc(text)}'
+
+
+def _provenance_cell(entry: Mapping[str, Any], page_git: Mapping[str, Any]) -> str:
+    first = entry["first"]
+    parts = [_esc(protocol_text(first)) or '<span class="small">not recorded</span>']
+    commit = computed_by_text(first, page_git)
+    if commit:
+        parts.append(f'<span class="small commit">{_esc(commit)}</span>')
+    if first.get("stale"):
+        parts.append('<span class="stale" title="reused from a run of other code (--allow-stale)">'
+                     "stale</span>")
+    return "<br>".join(parts)
+
+
+def _scorecard_html(tables: dict[str, list[dict[str, Any]]], page_git: Mapping[str, Any]) -> str:
     parts = []
     order = list(TABLE_TITLES)
     for table, entries in sorted(tables.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else
@@ -147,28 +219,57 @@ def _scorecard_html(tables: dict[str, list[dict[str, Any]]]) -> str:
         parts.append(
             '<table class="scorecard"><tr><th class="l">dataset</th><th class="l">row</th>'
             f'<th class="l">experiment</th>{head}<th>{_esc(METRIC_LABELS["rmse_log"])}</th>'
-            "<th>within tolerance</th><th class=\"l\">notebook</th></tr>"
+            '<th>verdict</th><th class="l">protocol</th><th class="l">notebook</th></tr>'
         )
         for e in entries:
             metrics = e["metrics"]
-            cells = "".join(_metric_cell(metrics.get(m)) for m in SCORE_METRICS)
-            rmse_log = _fmt((metrics.get("rmse_log") or {}).get("ours"))
-            verdicts = [metrics[m].get("within_tolerance") for m in SCORE_METRICS
-                        if m in metrics and metrics[m].get("within_tolerance") is not None]
-            n_ok = sum(bool(v) for v in verdicts)
-            if verdicts:
-                mark = "pass" if n_ok == len(verdicts) else "fail"
-                verdict = f'<span class="{mark}">{"yes" if mark == "pass" else "no"}</span> {n_ok}/{len(verdicts)}'
-            else:
-                verdict = '<span class="small">no paper values</span>'
+            cells = "".join(_metric_cell(metrics.get(m), m, e["verdicts"]) for m in SCORE_METRICS)
+            rmse_log = metrics.get("rmse_log") or {}
+            rmse_log_text = _esc(format_mean(rmse_log.get("ours"), rmse_log.get("half_width"),
+                                             rmse_log.get("n_seeds")))
+            stale = ' data-stale="true"' if e["first"].get("stale") else ""
             parts.append(
-                f'<tr data-experiment="{_esc(e["experiment"])}"><td class="l">{_esc(e["dataset"])}</td>'
+                f'<tr data-experiment="{_esc(e["experiment"])}"{stale}><td class="l">{_esc(e["dataset"])}</td>'
                 f'<td class="l">{_esc(e["row_label"])}</td><td class="l"><code>{_esc(e["experiment"])}</code></td>'
-                f'{cells}<td class="na">{rmse_log}</td><td>{verdict}</td>'
+                f'{cells}<td class="na">{rmse_log_text}</td><td>{_verdict_cell(e)}</td>'
+                f'<td class="l">{_provenance_cell(e, page_git)}</td>'
                 f'<td class="l"><a href="{_esc(e["notebook"])}.html">{_esc(e["notebook"])}</a></td></tr>'
             )
         parts.append("</table>")
     return "\n".join(parts)
+
+
+def _legend_html(tables: dict[str, list[dict[str, Any]]]) -> str:
+    """What a scorecard cell means, which verdict applies, and why rows without one have none."""
+    entries = [e for group in tables.values() for e in group]
+    multi = any(_num(rec.get("n_seeds")) > 1 for e in entries for rec in e["metrics"].values())
+    judged = any(e["verdicts"] for e in entries)
+    text = [f"Each cell: our value, <b>{PER_IMAGE_LABEL}</b> (the mean of per-image metrics, the paper's "
+            f"convention and the authors' <code>metrics_ra</code>), the paper's, and the difference (ours - paper); "
+            f"where the run recorded it, <b>{POOLED_LABEL}</b> (all test pixels together, the authors' "
+            f"<code>metrics</code>) for {_esc(', '.join(METRIC_LABELS[m] for m in POOLED_METRICS))}."]
+    if multi:
+        text.append(f"Rows run with several seeds show mean &plusmn; half width of the {CONFIDENCE:.0%} Student-t "
+                    "interval over seeds (n seeds).")
+    if judged:
+        text.append(f"Green/red (verdict): within tolerance, |diff| &le; max({TOLERANCE['abs']:g}, "
+                    f"{TOLERANCE['rel']:.0%} of the paper's value) (our reproduction criterion)"
+                    + ("; for rows with several seeds the verdict is instead whether the paper's value lies "
+                       "inside our interval (paper inside our interval)." if multi else "."))
+    text.append("The paper's 'RMSL' column is a mean <i>squared</i> log error and is compared with our "
+                "<code>log_mse</code>; our true RMSE-log has no published counterpart.")
+    out = [f'<p class="small" id="legend">{" ".join(text)}</p>']
+    reasons = list(dict.fromkeys(str(e["no_verdict"] or "no verdict") for e in entries if not e["verdicts"]))
+    if reasons:
+        out.append('<p class="noverdict" id="no-verdict">No verdict drawn for '
+                   + ("these rows" if judged else "this report")
+                   + ": " + "; ".join(_esc(r) for r in reasons) + ".</p>")
+    stale = [e["experiment"] for e in entries if e["first"].get("stale")]
+    if stale:
+        out.append(f'<p class="fail" id="stale-rows"><span class="stale">stale</span> {len(stale)} row(s) reused '
+                   "from runs computed by other code (<code>--allow-stale</code>): "
+                   + ", ".join(f"<code>{_esc(n)}</code>" for n in stale) + "</p>")
+    return "\n".join(out)
 
 
 def _notebooks_html(results: list[dict[str, Any]], run: Mapping[str, Any], profile_dir: Path) -> str:
@@ -263,17 +364,14 @@ def render_index(profile_dir: str | os.PathLike[str], run: Mapping[str, Any] | N
         "<h2>Notebooks</h2>",
         _notebooks_html(results, run, profile_dir),
         "<h2>Scorecard: ours vs paper</h2>",
-        f"<p class=\"small\">Each cell: our value, the paper's, and the difference (ours - paper). Green: within "
-        f"tolerance, |diff| &le; max({TOLERANCE['abs']:g}, {TOLERANCE['rel']:.0%} of the paper's value) "
-        "(our reproduction criterion). The paper's 'RMSL' column is a mean <i>squared</i> log error and is "
-        "compared with our <code>log_mse</code>; our true RMSE-log has no published counterpart.</p>",
     ]
     if missing:
         out.append(f'<p class="fail" id="missing-rows">{len(missing)} row(s) of Tables 3-7 have no results yet: '
                    + ", ".join(f"<code>{_esc(m)}</code>" for m in missing) + "</p>")
     else:
         out.append(f'<p class="pass" id="missing-rows">All {len(expected_rows())} rows of Tables 3-7 present.</p>')
-    out.append(_scorecard_html(tables))
+    out.append(_legend_html(tables))
+    out.append(_scorecard_html(tables, git))
     out += ["<h2>Figures</h2>", _figures_html(results), "</body></html>"]
     return "\n".join(x for x in out if x)
 
