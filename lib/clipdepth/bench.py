@@ -29,7 +29,8 @@ from .backbone import dense_features, load_clip
 from .losses import SILogTarget, silog_loss
 from .methods import learned_prompt_model
 from .prompts import PromptEncoder
-from .train import build_model, make_optimiser, optimiser_step, resolve_row
+from .train import build_model, resolve_row
+from .train_protocol import make_optimiser, optimiser_step
 
 PAPER_SIZES = {"nyu": {"train": (416, 544), "test": (480, 640), "n_train": 24231, "n_test": 654,
                        "max_depth": 10.0},

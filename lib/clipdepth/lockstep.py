@@ -47,7 +47,9 @@ from .evaluate import EvalResult, Scores, flip_average, sample_tensor
 from .experiments import ResolvedExperiment
 from .heads import BinPromptDepth
 from .losses import SILogTarget, upsample
-from .train import CHECKPOINT_FORMAT, RunResult, Trainer, _atomic_save, _bn_buffers, batch_order, build_model
+from .runs import CHECKPOINT_FORMAT, RunResult, atomic_save
+from .train import Trainer, build_model
+from .train_protocol import batch_order, bn_buffers
 
 __all__ = ["LockstepGroup", "RunOptions", "SharedEvaluation", "SingleRow", "Unit", "eval_stream_key", "plan",
            "run_units", "stream_key"]
@@ -276,9 +278,9 @@ class LockstepGroup(Unit):
                  "rows": [{"prompts": m.prompts.state_dict(), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "history": list(h)}
                           for m, (_, opt, sched), h in zip(models, optim, histories, strict=True)],
-                 "bn_buffers": _bn_buffers(models[0]) if pending[0].train_cfg.bn == "adapt" else {},
+                 "bn_buffers": bn_buffers(models[0]) if pending[0].train_cfg.bn == "adapt" else {},
                  "torch_rng": torch.get_rng_state()}
-        _atomic_save(state, group_dir / f"epoch_{epoch:03d}.pt")
+        atomic_save(state, group_dir / f"epoch_{epoch:03d}.pt")
         for old in group_dir.glob("epoch_*.pt"):  # keep only the newest: a group checkpoint holds every row
             if old.name != f"epoch_{epoch:03d}.pt":
                 old.unlink(missing_ok=True)

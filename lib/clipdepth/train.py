@@ -23,18 +23,13 @@ alone here are the same computation.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
 import functools
 import hashlib
-import io
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import experiments
-from .atomic import atomic_write, atomic_write_json, atomic_write_text, file_lock
+from .atomic import file_lock
 from .backbone import load_clip, weights_id
 from .codeid import code_fingerprint, git_state
 from .data.profile_data import open_split
@@ -56,112 +51,24 @@ from .features import CachedFeatures, FeatureCache, FeatureKey, split_fingerprin
 from .heads import BinPromptDepth
 from .losses import SILogTarget, upsample
 from .methods import model_for_experiment
+from .runs import CHECKPOINT_FORMAT, DamagedResultWarning, RunResult, atomic_save, load_result, save_result, write_log
+from .train_protocol import (
+    PRECISIONS,
+    batch_order,
+    bn_buffers,
+    check_precision,
+    make_optimiser,
+    optimiser_step,
+    precision_context,
+)
 
-CHECKPOINT_FORMAT = 1
-
-#: Numerical precision of the image and text encoders: ``fp32`` (the authors', the default), ``tf32``
-#: (CUDA matmuls and convolutions in TensorFloat-32) and ``bf16`` (CUDA autocast). Part of the run key.
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
-
-
-def check_precision(precision: str, device: torch.device | str) -> str:
-    """Validate a precision for a device (TF32 and bf16 autocast are CUDA features here)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "fp32" and torch.device(device).type != "cuda":
-        raise ValueError(f"precision {precision!r} needs a CUDA device; on {device} use 'fp32'")
-    return precision
-
-
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device) -> Iterator[None]:
-    """Run the block in ``precision`` (see :data:`PRECISIONS`); fp32 changes nothing."""
-    if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    elif precision == "tf32":
-        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    else:
-        yield
-
-
-class DamagedResultWarning(UserWarning):
-    """A ``result.json`` could not be read; the run is recomputed."""
-
-
-@dataclass
-class RunResult:
-    """What a finished run leaves behind (also written to ``result.json`` in its folder)."""
-
-    name: str
-    run_key: str
-    run_dir: Path
-    metrics: dict[str, float]
-    per_image: list[dict[str, float]]
-    history: list[dict[str, float]]
-    train_seconds: float
-    eval_seconds: float
-    mode: str
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    reused: bool = False
-    stale: bool = False
-    pooled: dict[str, float] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
+__all__ = ["CHECKPOINT_FORMAT", "PRECISIONS", "TRAIN_MODES", "DamagedResultWarning", "RunResult", "Trainer",
+           "batch_order", "build_model", "make_optimiser", "optimiser_step", "resolve_row", "run_table_row"]
 
 
 def build_model(resolved: ResolvedExperiment, clip_model: open_clip.CLIP) -> BinPromptDepth:
     """The bin-prompt model an experiment describes (untrained tokens drawn from its seed and token init)."""
     return model_for_experiment(resolved, clip_model)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _bn_buffers(model: BinPromptDepth) -> dict[str, torch.Tensor]:
-    """BatchNorm running statistics: they change under ``bn=adapt`` and belong in a checkpoint."""
-    return {k: v.detach().clone() for k, v in model.clip.visual.state_dict().items()
-            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-
-
-def make_optimiser(model: BinPromptDepth, cfg: experiments.TrainConfig, steps: int) -> tuple[list, Any, Any]:
-    """The authors' optimiser: AdamW on the tokens and OneCycleLR over ``steps`` optimiser steps."""
-    params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=cfg.pct_start,
-        anneal_strategy=cfg.anneal_strategy, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-        base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum,
-    )
-    return params, opt, sched
-
-
-def optimiser_step(model: BinPromptDepth, params: list, opt, sched, feats: torch.Tensor, target: SILogTarget,
-                   grad_clip: float, forward_context: Callable[[], Any] = contextlib.nullcontext) -> float:
-    """One step of the authors' Lightning loop on precomputed dense features: text encoder + head, SILog
-    (the forward inside ``forward_context``, e.g. bf16 autocast), backward, grad-norm clip, AdamW step,
-    OneCycle step. Returns the loss."""
-    with forward_context():
-        depth = model.forward_features(feats)
-    loss = target(depth.float())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    opt.step()
-    sched.step()
-    return loss.item()
-
-
-def batch_order(seed: int, epoch: int, n: int, batch_size: int) -> list[list[int]]:
-    """Shuffled batches of one epoch, derived from (seed, epoch) only (no global RNG)."""
-    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
-    return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
 
 
 class Trainer:
@@ -450,10 +357,10 @@ class Trainer:
                 history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
                                 "lr": float(sched.get_last_lr()[0])})
                 self._write_log(history)
-                _atomic_save({"format": CHECKPOINT_FORMAT, "run_key": self.resolved.run_key, "epoch": epoch + 1,
+                atomic_save({"format": CHECKPOINT_FORMAT, "run_key": self.resolved.run_key, "epoch": epoch + 1,
                               "prompts": model.prompts.state_dict(), "optimizer": opt.state_dict(),
                               "scheduler": sched.state_dict(),
-                              "bn_buffers": _bn_buffers(model) if self.train_cfg.bn == "adapt" else {},
+                              "bn_buffers": bn_buffers(model) if self.train_cfg.bn == "adapt" else {},
                               "torch_rng": torch.get_rng_state(), "history": history},
                              self._checkpoint_path(epoch + 1))
                 if stop_after is not None and epoch + 1 >= stop_after:
@@ -509,50 +416,13 @@ class Trainer:
 
     # -- files ----------------------------------------------------------------------------------
     def _write_log(self, history: list[dict[str, float]]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-        atomic_write_text(self.run_dir / "log.csv", buffer.getvalue())
+        write_log(self.run_dir, history)
 
     def _save_result(self, result: RunResult, model: BinPromptDepth, names: list[str] | None = None) -> None:
-        _atomic_save(model.prompts.state_dict(), self.run_dir / "prompts.pt")
-        if result.examples:
-            arrays = {f"{k}_{i}": np.asarray(ex[k]) for i, ex in enumerate(result.examples)
-                      for k in ("image", "depth", "pred")}
-            names_kept = np.array([ex["name"] for ex in result.examples])
-
-            def write(tmp: Path) -> None:
-                with tmp.open("wb") as fh:  # a file object: numpy would append ".npz" to a path
-                    np.savez_compressed(fh, **arrays, names=names_kept)
-
-            atomic_write(self.run_dir / "examples.npz", write)
-        payload = {"name": result.name, "run_key": result.run_key, "mode": result.mode,
-                   "pooled": result.pooled, "protocol": result.protocol, "provenance": result.provenance,
-                   "experiment": self.resolved.to_dict(), "metrics": result.metrics,
-                   "per_image": result.per_image, "test_names": names or [], "history": result.history,
-                   "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
-        atomic_write_json(self.run_dir / "result.json", payload, default=str)
+        save_result(result, model.prompts.state_dict(), self.resolved.to_dict(), names or [])
 
     def _load_result(self, path: Path) -> RunResult | None:
-        """A finished result, or None (with a warning naming the file) if it cannot be read."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            examples = []
-            ex_path = path.parent / "examples.npz"
-            if ex_path.is_file():
-                with np.load(ex_path) as z:
-                    for i, name in enumerate(z["names"]):
-                        examples.append({"name": str(name),
-                                         **{k: z[f"{k}_{i}"] for k in ("image", "depth", "pred")}})
-            return RunResult(self.resolved.name, data["run_key"], path.parent, data["metrics"], data["per_image"],
-                             data["history"], data["train_seconds"], data["eval_seconds"], data["mode"], examples,
-                             reused=True, pooled=data.get("pooled", {}), protocol=data.get("protocol", {}),
-                             provenance=data.get("provenance", {}))
-        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
-            warnings.warn(f"{path}: damaged result ({type(exc).__name__}: {exc}); recomputing",
-                          DamagedResultWarning, stacklevel=2)
-            return None
+        return load_result(path, self.resolved.name)
 
     def trained_prompts(self) -> dict[str, torch.Tensor]:
         """The final tokens of a finished run (for the nearest-neighbour analysis)."""

@@ -1,0 +1,94 @@
+"""The authors' optimisation protocol as plain functions: batch order, optimiser, one step, precision.
+
+Why apart from the trainer: a row trained alone (:class:`clipdepth.train.Trainer`), rows trained in
+lockstep (:mod:`clipdepth.lockstep`) and ``clipdepth bench`` must run literally the same step; the
+lockstep exactness tests rest on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .experiments import TrainConfig
+from .heads import BinPromptDepth
+from .losses import SILogTarget
+
+__all__ = ["PRECISIONS", "batch_order", "bn_buffers", "check_precision", "make_optimiser", "optimiser_step",
+           "precision_context"]
+
+#: Numerical precision of the image and text encoders: ``fp32`` (the authors', the default), ``tf32``
+#: (CUDA matmuls and convolutions in TensorFloat-32) and ``bf16`` (CUDA autocast). Part of the run key.
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device | str) -> str:
+    """Validate a precision for a device (TF32 and bf16 autocast are CUDA features here)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        raise ValueError(f"precision {precision!r} needs a CUDA device; on {device} use 'fp32'")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the block in ``precision`` (see :data:`PRECISIONS`); fp32 changes nothing."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32":
+        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    else:
+        yield
+
+
+def bn_buffers(model: BinPromptDepth) -> dict[str, torch.Tensor]:
+    """BatchNorm running statistics: they change under ``bn=adapt`` and belong in a checkpoint."""
+    return {k: v.detach().clone() for k, v in model.clip.visual.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def make_optimiser(model: BinPromptDepth, cfg: TrainConfig, steps: int) -> tuple[list, Any, Any]:
+    """The authors' optimiser: AdamW on the tokens and OneCycleLR over ``steps`` optimiser steps."""
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=cfg.pct_start,
+        anneal_strategy=cfg.anneal_strategy, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+        base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum,
+    )
+    return params, opt, sched
+
+
+def optimiser_step(model: BinPromptDepth, params: list, opt, sched, feats: torch.Tensor, target: SILogTarget,
+                   grad_clip: float, forward_context: Callable[[], Any] = contextlib.nullcontext) -> float:
+    """One step of the authors' Lightning loop on precomputed dense features: text encoder + head, SILog
+    (the forward inside ``forward_context``, e.g. bf16 autocast), backward, grad-norm clip, AdamW step,
+    OneCycle step. Returns the loss."""
+    with forward_context():
+        depth = model.forward_features(feats)
+    loss = target(depth.float())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def batch_order(seed: int, epoch: int, n: int, batch_size: int) -> list[list[int]]:
+    """Shuffled batches of one epoch, derived from (seed, epoch) only (no global RNG)."""
+    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+    return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
