@@ -8,15 +8,14 @@ environment (and never downloads).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import experiments
+from . import codeid, experiments
+from .checkpoints import weights_id
 
 __all__ = [
     "environment_info",
@@ -83,18 +82,7 @@ def environment_info() -> dict[str, Any]:
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
     """Commit and dirty flag of the repository (None values outside a git checkout)."""
-    root = root or repo_root()
-
-    def _git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+    return codeid.git_state(root or repo_root())
 
 
 def weights_info(weights: str | None, profile: str, arch: str = "RN50-quickgelu") -> dict[str, Any]:
@@ -103,8 +91,6 @@ def weights_info(weights: str | None, profile: str, arch: str = "RN50-quickgelu"
     A local file or a tag found in open_clip's cache is identified by its SHA-256, so results from
     different machines can be matched on the exact weights rather than on a path or a name.
     """
-    from .backbone import weights_id  # here, not at the top: it loads torch (seconds), which run_all's checks avoid
-
     effective = weights if weights is not None else experiments.PROFILES[profile].weights
     info: dict[str, Any] = {"requested": weights, "effective": effective, "arch": arch}
     info["id"] = weights_id(effective)
@@ -112,16 +98,8 @@ def weights_info(weights: str | None, profile: str, arch: str = "RN50-quickgelu"
         cached = find_cached_weights(arch, str(effective))
         if cached is not None:
             info["file"] = str(cached)
-            info["sha256"] = _sha256(cached)
+            info["sha256"] = weights_id(str(cached)).removeprefix("sha256:")  # hashed once, then cached
     return info
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_cached_weights(arch: str, tag: str) -> Path | None:
