@@ -8,7 +8,9 @@ decides what to submit, waits and reports. The child imports only this small mod
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -64,9 +66,17 @@ class SubmittedUnit(Checkpointable):
 
 
 def pin_gpu(gpu: str | None) -> None:
-    """Worker initializer: runs before the unit imports torch, so the worker sees only its GPU."""
+    """Worker initializer: runs before the unit imports torch, so the worker sees only its GPU. On Linux
+    the worker also asks to be terminated when its parent dies (``PR_SET_PDEATHSIG``): a killed
+    ``./run_all.sh`` must not leave a worker training on; the next run resumes from the group checkpoint."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
 
 
 def run_logged(unit: WorkUnit, log: str) -> tuple[str, Any]:
