@@ -40,19 +40,22 @@ from __future__ import annotations
 import argparse
 import ast
 import concurrent.futures as futures
+import contextlib
 import datetime as _dt
 import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import LockTimeout, atomic_write_text, file_lock
 from .executors import ExecutorError, add_executor_arguments, options_from_args, run_units
 from .params import PARAMETERS, ParameterError, check_parameter, looks_like_file
 from .plan import describe_plan, plan_lines, plan_notebooks
@@ -443,6 +446,42 @@ def _gpu_ids() -> list[str]:
     return [str(i) for i in range(_gpu_count())]
 
 
+OWNER_FILE = ".run_all.owner"
+
+
+@contextlib.contextmanager
+def reports_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the lock ``<reports>/<profile>.lock`` while this invocation computes rows and writes its reports.
+
+    Why one lock for the whole invocation rather than unique temporaries per file: two ``./run_all.sh``
+    writing one profile folder would each write ``logs/<name>.log``, the executed notebooks, every
+    notebook's ``results.*`` and the index; unique temporaries would keep each file whole but still
+    leave a page of one invocation next to the log and results of the other. The second invocation
+    therefore says who holds the folder (``another ./run_all.sh is writing reports/demo (pid N);
+    waiting``), waits, and then runs -- reusing every row the first one computed. The holder's pid and
+    host are kept in ``<profile>/.run_all.owner`` for that message.
+    """
+    owner = out_dir / OWNER_FILE
+    what = f"reports of {out_dir}"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(out_dir, timeout=0, what=what))
+        except LockTimeout:
+            try:
+                holder = owner.read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            print(f"run_all: another ./run_all.sh is writing {out_dir} (pid {holder}); waiting", file=sys.stderr,
+                  flush=True)
+            stack.enter_context(file_lock(out_dir, what=what))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(owner, f"{os.getpid()} on {socket.gethostname()}")
+        try:
+            yield
+        finally:
+            owner.unlink(missing_ok=True)
+
+
 def _execute(job: Job, out_dir: Path, notebooks_dir: Path, timeout: int | None) -> Job:
     """Run one notebook through the papermill CLI; its output goes to ``logs/<name>.log``."""
     out_nb = out_dir / f"{job.name}.ipynb"
@@ -508,7 +547,7 @@ def _render_html(out_nb: Path, html_path: Path) -> str | None:
         exporter.exclude_input_prompt = True
         exporter.exclude_output_prompt = True
         body, _ = exporter.from_notebook_node(_without_widgets(nbformat.read(str(out_nb), as_version=4)))
-        html_path.write_text(body, encoding="utf-8")
+        atomic_write_text(html_path, body)
     except Exception as exc:  # a rendering problem must not hide the run's results
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -656,68 +695,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in plan_lines(summary):
             print(line)
         return 0
-    if units:
-        print(f"run_all: {len(units)} row group(s) through the {executor_options.executor} executor")
-        sys.stdout.flush()
-        execution = run_units(units, out_dir / "logs", executor_options, gpus=gpu_ids)
-        if not execution.ok:
-            print(f"run_all: {len(execution.failed)} row group(s) failed (finished groups are kept; a rerun "
-                  "computes only what is missing); no notebook was run", file=sys.stderr)
-            return 1
-
-    # 4. the notebooks
-    out_dir.mkdir(parents=True, exist_ok=True)
-    banner = PROFILES[args.profile].banner
-    if banner:
-        print(f"*** {banner} ***")
-    print(f"run_all: profile {args.profile}, {len(jobs)} notebook(s), {args.jobs} job(s), output {out_dir}")
-    for job in jobs:
-        shown = {k: v for k, v in job.parameters.items() if k not in ("reports_dir",)}
-        print(f"  {job.name}: {json.dumps(shown)}")
-    sys.stdout.flush()
-    with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        pending = {pool.submit(_execute, job, out_dir, notebooks_dir, args.timeout): job for job in jobs}
-        for done in futures.as_completed(pending):
-            job = done.result()
-            mark = "ok" if job.status == "ok" else "FAILED"
-            print(f"  [{mark}] {job.name} ({job.seconds:.0f} s)" + (f": {job.error}" if job.error else ""))
+    # 3-4 write <reports>/<profile>: one invocation at a time (see reports_lock)
+    with reports_lock(out_dir):
+        if units:
+            print(f"run_all: {len(units)} row group(s) through the {executor_options.executor} executor")
             sys.stdout.flush()
-    for job in jobs:
-        out_nb = out_dir / f"{job.name}.ipynb"
-        if out_nb.is_file():
-            err = _render_html(out_nb, out_dir / f"{job.name}.html")
-            if err:
-                print(f"  warning: could not render {job.name}.html: {err}", file=sys.stderr)
+            execution = run_units(units, out_dir / "logs", executor_options, gpus=gpu_ids)
+            if not execution.ok:
+                print(f"run_all: {len(execution.failed)} row group(s) failed (finished groups are kept; a rerun "
+                      "computes only what is missing); no notebook was run", file=sys.stderr)
+                return 1
 
-    # 4. index (imported here, not at the top: report_html loads torch through the metrics, seconds that
-    # the argument and prerequisite checks above must not wait for)
-    from .report_html import write_index
+        # 4. the notebooks
+        out_dir.mkdir(parents=True, exist_ok=True)
+        banner = PROFILES[args.profile].banner
+        if banner:
+            print(f"*** {banner} ***")
+        print(f"run_all: profile {args.profile}, {len(jobs)} notebook(s), {args.jobs} job(s), output {out_dir}")
+        for job in jobs:
+            shown = {k: v for k, v in job.parameters.items() if k not in ("reports_dir",)}
+            print(f"  {job.name}: {json.dumps(shown)}")
+        sys.stdout.flush()
+        with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            pending = {pool.submit(_execute, job, out_dir, notebooks_dir, args.timeout): job for job in jobs}
+            for done in futures.as_completed(pending):
+                job = done.result()
+                mark = "ok" if job.status == "ok" else "FAILED"
+                print(f"  [{mark}] {job.name} ({job.seconds:.0f} s)" + (f": {job.error}" if job.error else ""))
+                sys.stdout.flush()
+        for job in jobs:
+            out_nb = out_dir / f"{job.name}.ipynb"
+            if out_nb.is_file():
+                err = _render_html(out_nb, out_dir / f"{job.name}.html")
+                if err:
+                    print(f"  warning: could not render {job.name}.html: {err}", file=sys.stderr)
 
-    env_info = environment_info()
-    run = {
-        "profile": args.profile,
-        "banner": banner,
-        "started_at": started_at,
-        "finished_at": _now(),
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "command": shlex.join(["./run_all.sh", *argv]),
-        "jobs": args.jobs,
-        "executor": executor_options.executor,
-        "notebooks": {j.name: {"status": j.status, "seconds": round(j.seconds, 1), "error": j.error,
-                               "parameters": j.parameters} for j in jobs},
-        **env_info,
-    }
-    (out_dir / "run_all.json").write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
-    index = write_index(out_dir, run)
-    failed = [j for j in jobs if j.status != "ok"]
-    print(f"run_all: index {index} ({run['wall_seconds']:.0f} s)")
-    if failed:
-        print(f"run_all: {len(failed)} notebook(s) failed:", file=sys.stderr)
-        for j in failed:
-            print(f"  - {j.name}: {j.error}\n      log {out_dir / 'logs' / (j.name + '.log')}; "
-                  f"executed notebook {out_dir / (j.name + '.ipynb')}", file=sys.stderr)
-        return 1
-    return 0
+        # 4. index (imported here, not at the top: report_html loads torch through the metrics, seconds that
+        # the argument and prerequisite checks above must not wait for)
+        from .report_html import write_index
+
+        env_info = environment_info()
+        run = {
+            "profile": args.profile,
+            "banner": banner,
+            "started_at": started_at,
+            "finished_at": _now(),
+            "wall_seconds": round(time.perf_counter() - t_start, 1),
+            "command": shlex.join(["./run_all.sh", *argv]),
+            "jobs": args.jobs,
+            "executor": executor_options.executor,
+            "notebooks": {j.name: {"status": j.status, "seconds": round(j.seconds, 1), "error": j.error,
+                                   "parameters": j.parameters} for j in jobs},
+            **env_info,
+        }
+        atomic_write_text(out_dir / "run_all.json", json.dumps(run, indent=2, default=str))
+        index = write_index(out_dir, run)
+        failed = [j for j in jobs if j.status != "ok"]
+        print(f"run_all: index {index} ({run['wall_seconds']:.0f} s)")
+        if failed:
+            print(f"run_all: {len(failed)} notebook(s) failed:", file=sys.stderr)
+            for j in failed:
+                print(f"  - {j.name}: {j.error}\n      log {out_dir / 'logs' / (j.name + '.log')}; "
+                      f"executed notebook {out_dir / (j.name + '.ipynb')}", file=sys.stderr)
+            return 1
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write_text, file_lock
 from .base import ListDataset, Resolved
 from .common import (
     MANIFEST_NAME,
@@ -304,11 +304,13 @@ def export_official_test(
 
 
 def update_manifest(root: Path, update: dict, source: dict | None = None) -> None:
-    """Merge split entries (and an optional source record) into ``root``'s manifest, atomically."""
-    manifest = read_manifest(root) or {}
-    manifest.setdefault("splits", {}).update(update.get("splits", {}))
-    if source is not None:
-        manifest.setdefault("sources", []).append(source)
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, root / MANIFEST_NAME)
+    """Merge split entries (and an optional source record) into ``root``'s manifest, atomically.
+
+    Read, merge and write happen under the manifest's lock, so two exports into one data root (the
+    train and the test split, run at once) both land, and the file is written under a unique name."""
+    with file_lock(root / MANIFEST_NAME, what=f"manifest of {root}"):
+        manifest = read_manifest(root) or {}
+        manifest.setdefault("splits", {}).update(update.get("splits", {}))
+        if source is not None:
+            manifest.setdefault("sources", []).append(source)
+        atomic_write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from tqdm.auto import tqdm
 
+from ..atomic import clean_stale_temporaries, file_lock, make_temp_dir
 from ..prompts import PromptEncoder, encode_embeddings
 
 __all__ = [
@@ -338,10 +338,11 @@ def _load_sweep(folder: Path, key: dict[str, Any], ids: np.ndarray) -> VocabSwee
 
 
 def _save_sweep(root: Path, sweep: VocabSweep) -> Path:
-    """Write under a temporary name, rename when complete: readers never see a partial entry."""
+    """Write under a unique temporary name (host and pid in it, the user's umask), rename when complete:
+    readers never see a partial entry. The caller holds the entry's lock (see :func:`vocab_sweep`)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / _key_digest(sweep.key)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    tmp = make_temp_dir(final)
     try:
         feats = sweep.features.numpy()
         np.save(tmp / "features.npy", feats)
@@ -389,11 +390,29 @@ def vocab_sweep(
     ids = vocab_ids(vocab_limit, include_words)
     layout = prompt_layout(model, template, prompts_state)
     key = _cache_key(weights_key, arch, template, vocab_limit, ids, layout)
-    root = Path(cache_dir) if cache_dir is not None else None
-    if root is not None and not refresh:
-        hit = _load_sweep(root / _key_digest(key), key, ids)
+    if cache_dir is None:
+        return _compute_sweep(model, ids, layout, key, batch_size, progress, prefix_cache, threads)
+    root = Path(cache_dir)
+    final = root / _key_digest(key)
+    if not refresh:
+        hit = _load_sweep(final, key, ids)
         if hit is not None:
             return hit
+    # a second process asking for the same entry waits here, then reuses the first one's entry
+    with file_lock(final, what=f"vocabulary sweep cache entry {final}"):
+        if not refresh:
+            hit = _load_sweep(final, key, ids)
+            if hit is not None:
+                return hit
+        clean_stale_temporaries(root)
+        sweep = _compute_sweep(model, ids, layout, key, batch_size, progress, prefix_cache, threads)
+        sweep.path = _save_sweep(root, sweep)
+    return sweep
+
+
+def _compute_sweep(model: open_clip.CLIP, ids: np.ndarray, layout: PromptLayout, key: dict[str, Any],
+                   batch_size: int, progress: bool, prefix_cache: bool, threads: int | None) -> VocabSweep:
+    """Encode the vocabulary prompts in batches (see :func:`vocab_sweep`)."""
     emb = model.token_embedding.weight
     device = emb.device
     chunks = []
@@ -413,7 +432,4 @@ def vocab_sweep(
         torch.set_num_threads(previous_threads)
     info = {"device": str(device), "threads": used_threads,
             "prefix_cache": bool(prefix_cache and _prefix_cache_supported(model))}
-    sweep = VocabSweep(ids, torch.cat(chunks), key, seconds, len(ids) / max(seconds, 1e-9), False, None, info)
-    if root is not None:
-        sweep.path = _save_sweep(root, sweep)
-    return sweep
+    return VocabSweep(ids, torch.cat(chunks), key, seconds, len(ids) / max(seconds, 1e-9), False, None, info)
