@@ -22,7 +22,7 @@ NOTEBOOKS = discover_notebooks(NOTEBOOKS_DIR)
 IDS = [p.stem for p in NOTEBOOKS]
 
 #: Every table notebook must accept these (run_all and the README rely on them).
-REQUIRED_PARAMETERS = {"profile", "data_dir", "weights", "device", "seed", "epochs", "reports_dir"}
+REQUIRED_PARAMETERS = {"profile", "data_dir", "weights", "device", "epochs", "reports_dir"}
 
 
 def _load(path: Path) -> dict:
@@ -51,6 +51,7 @@ def test_exactly_one_parameters_cell_first_with_literals(path: Path) -> None:
     for node in ast.parse("".join(tagged[0]["source"])).body:
         assert isinstance(node, (ast.Assign, ast.AnnAssign))
     assert REQUIRED_PARAMETERS <= set(params)
+    assert {"seed", "seeds"} & set(params), "a notebook that trains names its seed(s)"
     assert params["profile"] == "demo", "defaults must be the fast offline demo profile"
     assert params["weights"] is None
 
