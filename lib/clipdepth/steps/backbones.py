@@ -114,6 +114,23 @@ def check_backbone(model: torch.nn.Module, arch: str, dense_mode: str,
     return None
 
 
+def _describe(model: torch.nn.Module, arch: str, train_size: tuple[int, int]) -> dict[str, Any]:
+    """:func:`describe_backbone` at the train size; for a backbone it refuses, what can still be said
+    (stride, and the grid where the size divides), with the refusal under ``error``."""
+    try:
+        return describe_backbone(arch, train_size, model=model)
+    except (TypeError, ValueError) as exc:
+        out: dict[str, Any] = {"arch": arch, "input_size": tuple(train_size), "error": str(exc)}
+        try:
+            stride = feature_stride(model)
+        except TypeError:
+            return out
+        out["feature_stride"] = stride
+        if not (train_size[0] % stride or train_size[1] % stride):
+            out["feature_grid"] = (train_size[0] // stride, train_size[1] // stride)
+        return out
+
+
 def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -154,10 +171,7 @@ def plan_backbones(ctx: NotebookContext, backbones: Sequence[Sequence[str | None
         entry: dict[str, Any] = {"backbone": label, "arch": arch, "weights": tag, "image_family": image_family(arch),
                                  "dense_mode": mode, "status": reason, "datasets": {}}
         for d, r in resolved.items():
-            try:
-                entry["datasets"][d] = describe_backbone(arch, r.train_size, model=model)
-            except (TypeError, ValueError) as exc:  # stride not reported, or sizes not divisible
-                entry["datasets"][d] = {"error": str(exc)}
+            entry["datasets"][d] = _describe(model, arch, r.train_size)
         out.backbones.append(entry)
         if reason is not None:
             print(f"{label}: not supported yet -- {reason}")
