@@ -89,9 +89,15 @@ def load_clip(
     ``{"state_dict": ...}`` or with a ``module.`` prefix); see :mod:`clipdepth.checkpoints`, which
     raises a one-line :class:`CheckpointError` for anything else. Use the ``-quickgelu``
     configs with OpenAI weights: the plain ``RN50`` config uses a different activation.
+
+    ``arch`` is any open_clip architecture (``open_clip.list_models()``), so backbone sweeps
+    (:mod:`clipdepth.backbones`) can build e.g. ConvNeXt or SigLIP towers; :data:`SUPPORTED_ARCHS` are the
+    ones the paper-table rows use and the tests cover end to end. Whether the prompt encoder and the
+    dense features support a given tower is decided where they are built, not here.
     """
-    if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    if arch not in SUPPORTED_ARCHS and arch not in open_clip.list_models():
+        raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)} (tested) and any other "
+                         "name in open_clip.list_models()")
     if weights is None:
         with torch.random.fork_rng(devices=[]), _quiet_open_clip():
             torch.manual_seed(seed)
