@@ -29,6 +29,7 @@ from .backbone import dense_features, load_clip
 from .losses import SILogTarget, silog_loss
 from .methods import learned_prompt_model
 from .prompts import PromptEncoder
+from .provenance import resolve_device
 from .train import build_model, resolve_row
 from .train_protocol import make_optimiser, optimiser_step
 
@@ -315,11 +316,12 @@ def _cmd(args: argparse.Namespace) -> int:
     if bad or not parts:
         print(f"error: --parts: unknown {', '.join(bad) or '(empty)'}; valid: {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {args.device}: CUDA is not available on this machine; use --device cpu",
+    device = resolve_device(args.device)  # "auto": CUDA when visible, else CPU (as in the notebooks)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: CUDA is not available on this machine; use --device cpu or auto",
               file=sys.stderr)
         return 2
-    report = run_benchmark(datasets, args.device, args.batch_size, args.repeats, args.arch, parts)
+    report = run_benchmark(datasets, device, args.batch_size, args.repeats, args.arch, parts)
     for line in summary_lines(report):
         print(line)
     out = Path(args.out) if args.out else Path(args.reports_dir) / args.profile / "performance.json"
@@ -331,7 +333,7 @@ def _cmd(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("bench", help="time lockstep vs separate faithful training, cached mode, context")
     parser.add_argument("--dataset", choices=["nyu", "kitti", "both"], default="nyu")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when visible; default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", default="RN50-quickgelu")

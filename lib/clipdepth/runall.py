@@ -249,13 +249,14 @@ _HOW_BAD_FILE = "replace the file (extract or download it again), or remove its 
 
 
 def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: int | None = None,
-                   subset: int | None = None) -> list[Missing]:
+                   subset: int | None = None, decoded: dict[str, int] | None = None) -> list[Missing]:
     """Roots, split lists and listed files of one dataset, as the paper profile resolves them
     (with ``subset``, only the first ``subset`` lines of each list: the files a rehearsal reads).
 
     With ``decode`` every listed image and depth map is decoded (in ``workers`` threads, with a
     progress bar on a terminal), so a corrupt, truncated, 8-bit or all-zero file is reported by path
-    now rather than when evaluation reaches it after hours of training.
+    now rather than when evaluation reaches it after hours of training. ``decoded`` (if given) receives
+    ``"<dataset> <split>" -> frames decoded``, so ``--plan`` can say what the check covered.
     """
     from .data.common import DataError
     from .data.splits import cache_dir as split_cache_dir
@@ -311,6 +312,8 @@ def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: i
             from .data.validate import validate_split
 
             problems = validate_split(reader, progress=sys.stderr.isatty(), workers=workers)
+            if decoded is not None:
+                decoded[f"{dataset} {split}"] = len(getattr(reader, "items", reader))
             for problem in problems[:SHOWN_BAD_FILES]:
                 missing.append(Missing(f"{dataset} {split}: {problem}", _HOW_BAD_FILE))
             if len(problems) > SHOWN_BAD_FILES:
@@ -329,19 +332,25 @@ def check_paper_prerequisites(
     decode: bool = True,
     workers: int | None = None,
     subset: int | None = None,
+    decoded: dict[str, int] | None = None,
+    verify_weights: bool = False,
 ) -> list[Missing]:
     """Everything the paper profile needs that is not on this machine or not usable (empty list = ready).
 
     Only local checks (directory listings, split-list checksums, the open_clip cache and, with
     ``decode``, decoding every listed file in ``workers`` threads), so nothing is downloaded; at paper
-    size the decoding takes a minute or two, the rest seconds.
+    size the decoding takes a minute or two, the rest seconds. ``decoded`` receives the frames decoded
+    per ``"<dataset> <split>"``. With ``verify_weights`` a weights file is read and matched against
+    ``arch`` (a second or two; imports torch), so a checkpoint of another architecture, a truncated file
+    or a file that is not a checkpoint stops the run here, in one line, instead of failing every row group.
     """
     from .experiments import PROFILES
 
     missing: list[Missing] = []
     data_dir = Path(data_dir)
     for dataset in dict.fromkeys(datasets):
-        missing += _check_dataset(dataset, data_dir, decode=decode, workers=workers, subset=subset)
+        missing += _check_dataset(dataset, data_dir, decode=decode, workers=workers, subset=subset,
+                                  decoded=decoded)
     effective = weights if weights is not None else PROFILES["paper"].weights
     path = Path(str(effective)).expanduser()
     if looks_like_file(str(effective)):
@@ -350,6 +359,15 @@ def check_paper_prerequisites(
                                    "pass a local RN50 checkpoint with -p weights PATH: OpenAI's RN50.pt (TorchScript, "
                                    "as clip.load caches it), open_clip's open_clip_pytorch_model.bin or "
                                    "open_clip_model.safetensors, or a state dict .pt/.pth"))
+        elif verify_weights:
+            from .checkpoints import CheckpointError, read_state_dict
+
+            try:
+                read_state_dict(path, arch)
+            except CheckpointError as exc:
+                missing.append(Missing(f"CLIP weights: {exc}",
+                                       f"pass a {arch} checkpoint with -p weights PATH (OpenAI's RN50.pt, open_clip's "
+                                       ".bin/.safetensors, or a state dict .pt/.pth)"))
     elif find_cached_weights(arch, str(effective)) is None:
         missing.append(Missing(
             f"CLIP {arch} weights '{effective}' are not in open_clip's cache",
@@ -652,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             job.env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % min(len(gpu_ids), args.jobs)]
 
     # 2. paper profile: stop within seconds if data or weights are missing
+    decoded: dict[str, int] = {}  # frames decoded by the check, per "<dataset> <split>" (shown by --plan)
     if args.profile == "paper":
         missing: list[Missing] = []
         seen: set[tuple] = set()
@@ -666,7 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seen.add(key)
             data_dir = Path(str(d.get("data_dir", "data"))).expanduser()
             data_dir = data_dir if data_dir.is_absolute() else root / data_dir
-            for m in check_paper_prerequisites(datasets, data_dir, d.get("weights"), subset=d.get("subset")):
+            for m in check_paper_prerequisites(datasets, data_dir, d.get("weights"), subset=d.get("subset"),
+                                               decoded=decoded, verify_weights=True):
                 if all(m.what != x.what for x in missing):
                     missing.append(m)
         if missing:
@@ -694,6 +714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run_all: plan for profile {args.profile} ({len(jobs)} notebook(s)); nothing is run")
         for line in plan_lines(summary):
             print(line)
+        if decoded:  # the check above stops with exit 3 on any problem, so reaching here means none
+            counts = ", ".join(f"{name} {n}" for name, n in decoded.items())
+            print(f"data check: every listed file decoded, no problems ({counts} frame(s))")
         return 0
     # 3-4 write <reports>/<profile>: one invocation at a time (see reports_lock)
     with reports_lock(out_dir):
