@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from clipdepth import experiments, runall
+from clipdepth import experiments, plan, runall
 from clipdepth.metrics import METRIC_NAMES
 from clipdepth.reference import reference_for
 
@@ -182,8 +182,13 @@ def test_run_all_one_notebook_end_to_end(tmp_path: Path) -> None:
     assert data["versions"]["torch"] and "commit" in data["git"] and data["weights"]["id"] == "random:0"
     assert data["wall_seconds"] > 0
     names = [e.name for e in experiments.select(table="t3", dataset="nyu")]
-    assert [r["experiment"] for r in data["rows"]] == names
+    seeds = list(plan.DEFAULT_SEEDS["demo"])
+    assert [r["experiment"] for r in data["rows"]] == names * len(seeds)  # seed-major, registry names
+    assert [r["seed"] for r in data["rows"]] == [s for s in seeds for _ in names]
     for row in data["rows"]:
+        assert row["protocol"]["mode"] == ("faithful" if experiments.get(row["experiment"]).trained else "untrained")
+        assert row["protocol"]["bn"] == "adapt" and row["protocol"]["precision"] == "fp32"
+        assert row["subset_label"] is None and row["stale"] is False and row["computed_by"]["commit"]
         for metric in METRIC_NAMES:
             assert isinstance(row[metric], float) and math.isfinite(row[metric]), (row["experiment"], metric)
         demo_epochs = experiments.PROFILES["demo"].epochs

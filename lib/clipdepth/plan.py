@@ -28,7 +28,7 @@ from .provenance import repo_path, resolve_device
 from .train import resolve_row
 
 __all__ = ["DEFAULT_SEEDS", "NOTEBOOK_TABLES", "RowSpec", "data_dir_env", "describe_plan", "notebook_rows",
-           "plan_lines", "plan_notebooks", "resolve_rows", "run_options", "seeds_of"]
+           "plan_lines", "plan_notebooks", "resolve_rows", "run_options", "seeds_of", "spec_names"]
 
 #: Registry tables each table notebook regenerates (its rows are planned by ``./run_all.sh``).
 NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
@@ -109,6 +109,15 @@ def resolve_rows(specs: Iterable[RowSpec], profile: str, params: Mapping[str, An
                 exp, weights = (spec if isinstance(spec, tuple) else (spec, params.get("weights")))
                 rows.append(resolve_row(exp, profile, mode, params.get("epochs"), weights, seed))
     return rows
+
+
+def spec_names(specs: Iterable[RowSpec], profile: str, params: Mapping[str, Any]) -> list[str]:
+    """The registry-style name of each row :func:`resolve_rows` returns, in the same order: a seed
+    variant keeps the name of its row (``t3/nyu/learned-7``, not ``t3/nyu/learned-7[seed=1]``), so
+    rows of several seeds compare with the same published number."""
+    names = [(s[0] if isinstance(s, tuple) else s) for s in specs]
+    names = [n if isinstance(n, str) else n.name for n in names]
+    return [n for _ in seeds_of(params, profile) for n in names]
 
 
 def notebook_rows(notebook: str, params: Mapping[str, Any], profile: str) -> list[ResolvedExperiment]:
