@@ -111,6 +111,7 @@ def run_baseline(
     runs_dir: str | os.PathLike[str] = "runs",
     n_train: int | None = None,
     n_test: int | None = None,
+    subset: int | None = None,
     keep_examples: int = 3,
     normalised: bool | None = None,
     force: bool = False,
@@ -124,7 +125,8 @@ def run_baseline(
     CLIP2Depth and the cached ImageNet ViT + bert-base-uncased for LLM-MDE). ``epochs``, ``batch_size``,
     ``lr`` override the method's training defaults; ``max_steps`` caps a demo run. ``normalised``: also
     score with LLM-MDE's min-max normalisation (default: for LLM-MDE only). ``model_options`` override
-    the model's config fields (e.g. ``{"image_size": 64}``). ``clip_model``: CLIP2Depth only, a loaded
+    the model's config fields (e.g. ``{"image_size": 64}``). ``subset``: only the first N lines of each
+    split list (a rehearsal; part of the run's key). ``clip_model``: CLIP2Depth only, a loaded
     CLIP of the configured arch and the same ``weights`` (saves loading it again; it is not modified).
     """
     overrides = {"weights": weights} if weights is not None else {}
@@ -132,7 +134,7 @@ def run_baseline(
     weights = resolved.weights
     cfg = fit_config(method, profile, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, seed=seed)
     normalised = (method == "llm-mde") if normalised is None else bool(normalised)
-    counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+    counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("subset", subset)) if v is not None}
     options = dict(model_options or {})
     key_payload = {
         "version": RESULT_VERSION, "method": method, "dataset": dataset, "profile": profile, "weights": weights,

@@ -95,7 +95,7 @@ def depthclip_rows(ctx: NotebookContext, keep_examples: int = 3) -> list[dict[st
     (resolved,) = plan.resolve_rows([name], ctx.profile, p)
     clip = ctx.clip(resolved.arch, resolved.weights, _device(ctx))
     own["n_parameters"] = sum(t.numel() for t in clip.parameters())
-    test = open_split(resolved, "test")
+    test = open_split(resolved, "test", subset=p.get("subset"))
     scored = evaluate(depthclip_zero_shot(clip), test, resolved.min_depth, resolved.max_depth, test.spec.eval_crop,
                       protocol="authors", device=_device(ctx), keep_examples=keep_examples, progress=False)
     key = "baselines/nyu/depthclip-metric"
@@ -154,7 +154,7 @@ def baseline_rows(ctx: NotebookContext, method: str, keep_examples: int = 3) -> 
             method, dataset, profile=ctx.profile, weights=p.get("weights"),
             epochs=p.get(f"{_PARAM_PREFIX[method]}_epochs"),
             max_steps=_setting(ctx, method, "max_steps"), batch_size=_setting(ctx, method, "batch_size"),
-            lr=_setting(ctx, method, "lr"), seed=int(p.get("seed", 42)), device=_device(ctx),
+            lr=_setting(ctx, method, "lr"), seed=int(p.get("seed", 42)), device=_device(ctx), subset=p.get("subset"),
             runs_dir=repo_path(p.get("runs_dir") or "cache/runs"), keep_examples=keep_examples,
             force=bool(p.get("force", False)), progress=False, model_options=options, clip_model=clip,
         )
