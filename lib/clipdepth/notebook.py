@@ -232,7 +232,8 @@ def run_rows(
     data stream train in lockstep, untrained rows share one evaluation pass, and a finished run is
     reused (``./run_all.sh`` usually computed it before the notebook started). With ``force`` each run
     is recomputed once per notebook, or once per ``./run_all.sh --force``. Returns one dict per
-    (seed, row), seed-major: identity (``experiment``, ``table``, ``dataset``, ``row_label``, ``seed``),
+    (seed, row), seed-major: identity (``experiment``, the same for every seed of a row, see
+    :func:`clipdepth.plan.row_names`; ``table``, ``dataset``, ``row_label``, ``seed``),
     every metric of :data:`clipdepth.metrics.METRIC_NAMES` (per-image means, the paper's numbers), the
     pixel-pooled metrics (``pooled``), ``per_image`` metrics, the ``protocol`` (mode, BN, views,
     precision, seed, epochs, subset), ``subset_label``, ``stale``, ``computed_by`` (git state of the
@@ -240,7 +241,9 @@ def run_rows(
     """
     p = ctx.params
     options = plan.run_options(p, force_since=ctx.wall_start, keep_examples=keep_examples, progress=progress)
-    rows = plan.resolve_rows(list(specs), ctx.profile, p)
+    specs = list(specs)
+    rows = plan.resolve_rows(specs, ctx.profile, p)
+    names = plan.row_names(specs, ctx.profile, p)  # one name per table row for all its seeds
 
     def provide(arch: str, weights: str | None) -> Any:
         return clip_model if clip_model is not None else ctx.clip(arch, weights, options.device)
@@ -250,12 +253,12 @@ def run_rows(
     seconds = time.perf_counter() - t0
     labels: dict[str, str | None] = {}
     out: list[dict[str, Any]] = []
-    for resolved, result in zip(rows, results, strict=True):
+    for resolved, result, name in zip(rows, results, names, strict=True):
         exp = resolved.experiment
         if resolved.dataset not in labels:
             labels[resolved.dataset] = _subset_label(options, resolved)
         record: dict[str, Any] = {
-            "experiment": exp.name,
+            "experiment": name,
             "table": exp.table,
             "dataset": exp.dataset,
             "row_label": exp.row_label,
@@ -277,9 +280,9 @@ def run_rows(
             "run_dir": str(result.run_dir),
         }
         out.append(record)
-        ctx.examples.setdefault(exp.name, list(result.examples))
+        ctx.examples.setdefault(name, list(result.examples))
         how = "reused" + (" (STALE: computed by other code)" if result.stale else "") if result.reused else "computed"
-        print(f"{exp.name:<28} seed {exp.train.seed:<4} abs_rel {record['abs_rel']:.3f}  d1 {record['d1']:.3f}  "
+        print(f"{name:<28} seed {exp.train.seed:<4} abs_rel {record['abs_rel']:.3f}  d1 {record['d1']:.3f}  "
               f"({how})")
     print(f"{len(out)} row(s) in {seconds:.0f} s")
     return out

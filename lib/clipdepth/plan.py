@@ -28,7 +28,7 @@ from .provenance import repo_path, resolve_device
 from .train import resolve_row
 
 __all__ = ["DEFAULT_SEEDS", "NOTEBOOK_TABLES", "RowSpec", "data_dir_env", "describe_plan", "notebook_rows",
-           "plan_lines", "plan_notebooks", "resolve_rows", "run_options", "seeds_of"]
+           "plan_lines", "plan_notebooks", "resolve_rows", "row_names", "run_options", "seeds_of"]
 
 #: Registry tables each table notebook regenerates (its rows are planned by ``./run_all.sh``).
 NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
@@ -77,7 +77,12 @@ def data_dir_env(params: Mapping[str, Any]) -> Iterator[None]:
 
 def run_options(params: Mapping[str, Any], force_since: float | None = None, keep_examples: int = 3,
                 progress: bool = False) -> RunOptions:
-    """The run settings the notebook parameters ask for (paths from the repository root)."""
+    """The run settings the notebook parameters ask for (paths from the repository root).
+
+    ``n_train`` / ``n_test`` (optional keys, in no notebook's parameters cell, so ``./run_all.sh`` cannot
+    set them) cap the frames per split: a knob for tests and in-process rehearsals that call
+    :func:`clipdepth.notebook.run_rows` with tiny data; the run folder records the counts.
+    """
     since = os.environ.get("CLIPDEPTH_FORCE_SINCE")
     if since is not None:  # `./run_all.sh --force`: rows recomputed once per invocation, not per notebook
         force_since = float(since)
@@ -88,6 +93,8 @@ def run_options(params: Mapping[str, Any], force_since: float | None = None, kee
         device=resolve_device(params.get("device", "cpu")),
         precision=str(params.get("precision") or "fp32"),
         views=int(params.get("views") or 4),
+        n_train=None if params.get("n_train") is None else int(params["n_train"]),
+        n_test=None if params.get("n_test") is None else int(params["n_test"]),
         subset=None if subset is None else int(subset),
         allow_stale=bool(params.get("allow_stale", False)),
         force=bool(params.get("force", False)),
@@ -109,6 +116,22 @@ def resolve_rows(specs: Iterable[RowSpec], profile: str, params: Mapping[str, An
                 exp, weights = (spec if isinstance(spec, tuple) else (spec, params.get("weights")))
                 rows.append(resolve_row(exp, profile, mode, params.get("epochs"), weights, seed))
     return rows
+
+
+def row_names(specs: Iterable[RowSpec], profile: str, params: Mapping[str, Any]) -> list[str]:
+    """The name each row of :func:`resolve_rows` is reported under, in the same order: the row as asked
+    (training mode applied) without the seed override, so every seed of a table row shares one
+    ``experiment`` name and the seed is a column of its own (a ``[seed=N]`` variant name would make each
+    seed a separate row that the paper's table does not have)."""
+    specs = list(specs)
+    mode = params.get("train_mode") or "faithful"
+    names = []
+    with data_dir_env(params):
+        asked = [resolve_row(spec if not isinstance(spec, tuple) else spec[0], profile, mode, params.get("epochs"),
+                             None, None).name for spec in specs]
+    for _ in seeds_of(params, profile):
+        names += asked
+    return names
 
 
 def notebook_rows(notebook: str, params: Mapping[str, Any], profile: str) -> list[ResolvedExperiment]:
