@@ -232,7 +232,8 @@ def run_rows(
     data stream train in lockstep, untrained rows share one evaluation pass, and a finished run is
     reused (``./run_all.sh`` usually computed it before the notebook started). With ``force`` each run
     is recomputed once per notebook, or once per ``./run_all.sh --force``. Returns one dict per
-    (seed, row), seed-major: identity (``experiment``, ``table``, ``dataset``, ``row_label``, ``seed``),
+    (seed, row), seed-major: identity (``experiment``, the same for every seed of a row, see
+    :func:`clipdepth.plan.spec_names`; ``table``, ``dataset``, ``row_label``, ``seed``),
     every metric of :data:`clipdepth.metrics.METRIC_NAMES` (per-image means, the paper's numbers), the
     pixel-pooled metrics (``pooled``), ``per_image`` metrics, the ``protocol`` (mode, BN, views,
     precision, seed, epochs, subset), ``subset_label``, ``stale``, ``computed_by`` (git state of the

@@ -46,6 +46,7 @@ __all__ = [
     "display_claims_table",
     "display_seed_table",
     "forest_plot",
+    "results_extra",
     "seed_table",
 ]
 
@@ -351,3 +352,27 @@ def forest_plot(claims: pd.DataFrame, scale: str = "symlog", title: str | None =
         fig.suptitle(title)
     fig.tight_layout(rect=(0.0, 0.7 / fig.get_figheight(), 1.0, 1.0))
     return fig
+
+
+#: How the numbers of :func:`results_extra` were computed (stored beside them in results.json).
+METHOD_NOTE = (
+    "seed_table: mean over seeds and Student-t 95 % interval mean +- t_{0.975, n-1} * s / sqrt(n) "
+    "(s the sample standard deviation over the n seeds); claims: per seed the paired difference "
+    "better - worse (same seed, same test images), summarised with the same interval; bootstrap: "
+    "resample the test images with replacement (paired), mean difference per resample, 2.5 / 97.5 "
+    "percentiles; exceeds seed noise: the seed interval lies entirely on the claimed side of zero"
+)
+
+
+def results_extra(seed_summary: pd.DataFrame, claims: pd.DataFrame, **more: Any) -> dict[str, Any]:
+    """The seed study for ``finish_notebook(ctx, rows, extra=...)``: :func:`seed_table` and
+    :func:`claims_table` as lists of records, the method in words, and any further entries.
+
+    Why records: results.json is strict JSON (NaN becomes null), and a DataFrame would be stored as its
+    printed text. The per-seed metrics are the notebook's rows themselves, stored beside this.
+    """
+    out: dict[str, Any] = {"seed_table": seed_summary.to_dict(orient="records"),
+                           "claims": claims.to_dict(orient="records"), "seed_study_method": METHOD_NOTE}
+    for key, value in more.items():
+        out[key] = value.to_dict(orient="records") if isinstance(value, pd.DataFrame) else value
+    return out
