@@ -29,6 +29,7 @@ from typing import Any
 
 from . import experiments
 from .atomic import atomic_write_text
+from .reference import source_for
 from .scorecard import (
     CONFIDENCE,
     METRIC_LABELS,
@@ -236,6 +237,9 @@ def _scorecard_html(tables: dict[str, list[dict[str, Any]]], page_git: Mapping[s
                 f'<td class="l"><a href="{_esc(e["notebook"])}.html">{_esc(e["notebook"])}</a></td></tr>'
             )
         parts.append("</table>")
+        sources = sorted({src for e in entries if (src := source_for(e["experiment"]))})
+        if sources:
+            parts.append('<p class="small">Published numbers: ' + "; ".join(_esc(src) for src in sources) + "</p>")
     return "\n".join(parts)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "load_table8",
     "normalise_table",
     "reference_for",
+    "source_for",
 ]
 
 #: Metric columns, in our names. ``log_mse`` holds the paper's "RMSL" column (see the note below).
@@ -107,6 +108,14 @@ def load_reference(table: str | int | None = None) -> pd.DataFrame:
     frames = [_read_csv(TABLES[k]) for k in keys]
     frame = pd.concat(frames, ignore_index=True)
     return frame.loc[:, list(REFERENCE_COLUMNS)]
+
+
+def source_for(experiment: str) -> str | None:
+    """Where the published numbers of one registry experiment come from (document, table, and the commit
+    of the authors' repository holding the paper PDF), or None when the paper has no such row."""
+    frame = load_reference()
+    rows = frame[frame["experiment"] == experiment]
+    return None if rows.empty else str(rows.iloc[0]["source"])
 
 
 def reference_for(experiment: str) -> dict[str, float] | None:
