@@ -8,10 +8,7 @@ DepthCLIP / Auty & Mikolajczyk is written once and tested once.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Iterator
 from typing import Literal
 
 import open_clip
@@ -25,7 +22,7 @@ from torch import nn
 # CheckpointError, WeightsUnavailableError and weights_id are re-exported: callers import them from here.
 from .checkpoints import CheckpointError as CheckpointError
 from .checkpoints import WeightsUnavailableError as WeightsUnavailableError
-from .checkpoints import checkpoint_format, looks_like_file, read_state_dict
+from .checkpoints import checkpoint_format, looks_like_file, quiet_logging, read_state_dict
 from .checkpoints import weights_id as weights_id
 
 SUPPORTED_ARCHS: tuple[str, ...] = ("RN50-quickgelu", "RN101-quickgelu", "ViT-B-32-quickgelu", "ViT-B-16")
@@ -60,18 +57,6 @@ def _redraw_residual_bn(model: nn.Module, seed: int) -> None:
             w.data.copy_(1.0 + 0.1 * torch.randn(w.shape, generator=gen))
 
 
-@contextlib.contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    """Silence open_clip's root-logger warning that a random model has no pretrained weights: random
-    init is what ``weights=None`` asks for, and the demo label says so wherever results appear."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
 def load_clip(
     arch: str = "RN50-quickgelu",
     weights: str | os.PathLike[str] | None = None,
@@ -99,7 +84,7 @@ def load_clip(
         raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)} (tested) and any other "
                          "name in open_clip.list_models()")
     if weights is None:
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+        with torch.random.fork_rng(devices=[]), quiet_logging():
             torch.manual_seed(seed)
             model = open_clip.create_model(arch, pretrained=None)
         _redraw_residual_bn(model, seed)
@@ -115,7 +100,7 @@ def _load_pretrained(arch: str, weights: str | os.PathLike[str]) -> open_clip.CL
     open_clip tag fetched through open_clip's cache."""
     if looks_like_file(weights):
         checkpoint_format(weights)  # a missing or unreadable file fails here, before a model is built
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+        with torch.random.fork_rng(devices=[]), quiet_logging():
             model = open_clip.create_model(arch, pretrained=None)  # its random init is overwritten below
         state = read_state_dict(weights, arch, expected=model.state_dict())
         model.load_state_dict(state, strict=True)

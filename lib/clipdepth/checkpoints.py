@@ -50,6 +50,7 @@ __all__ = [
     "checkpoint_format",
     "file_sha256",
     "looks_like_file",
+    "quiet_logging",
     "read_state_dict",
     "weights_id",
     "weights_id_cache_path",
@@ -243,13 +244,15 @@ def _describe(state: Mapping[str, torch.Tensor]) -> str:
 def _expected_shapes(arch: str) -> dict[str, torch.Size]:
     """Key -> shape of ``open_clip.create_model(arch)``'s state dict, built on the meta device (no
     weights are allocated)."""
-    with _quiet():
+    with quiet_logging():
         model = open_clip.create_model(arch, pretrained=None, device="meta")
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_logging() -> Iterator[None]:
+    """Silence warnings of the root logger for the block (open_clip warns through it, e.g. that a model
+    built without pretrained weights has random weights: exactly what ``weights=None`` asks for)."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:

@@ -91,6 +91,28 @@ def valid_mask(
     return valid
 
 
+def _scored_pixels(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, crop: str, min_depth: float,
+                   max_depth: float, median_scaling: bool, max_inclusive: bool,
+                   min_pred: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The (prediction, ground truth) values of one image's valid pixels, median-scaled if asked: the one
+    definition of "scored pixel" shared by :func:`compute_metrics` and :func:`pixel_sums`."""
+    p, g = _as_numpy(pred), _as_numpy(gt)
+    if p.shape != g.shape:
+        raise ValueError(
+            f"prediction of shape {p.shape} and ground truth of shape {g.shape} differ (after removing leading "
+            "batch/channel dimensions of size 1); upsample first and check the prediction is not transposed"
+        )
+    valid = valid_mask(g, crop, min_depth, max_depth, max_inclusive, p, min_pred)
+    if not valid.any():
+        raise ValueError("no valid ground-truth pixel in the evaluation region")
+    p, g = p[valid], g[valid]
+    if not np.all(np.isfinite(p)) or np.any(p <= 0):
+        raise ValueError("prediction has non-positive or non-finite values at valid pixels; clamp first")
+    if median_scaling:
+        p = p * (np.median(g) / np.median(p))
+    return p, g
+
+
 def compute_metrics(
     pred: np.ndarray | torch.Tensor,
     gt: np.ndarray | torch.Tensor,
@@ -108,20 +130,7 @@ def compute_metrics(
     the zero canvas outside its input crop that way). ``pred`` must already be at ``gt``'s size; both
     may carry leading batch/channel dimensions of size 1, nothing else is squeezed.
     """
-    p, g = _as_numpy(pred), _as_numpy(gt)
-    if p.shape != g.shape:
-        raise ValueError(
-            f"prediction of shape {p.shape} and ground truth of shape {g.shape} differ (after removing leading "
-            "batch/channel dimensions of size 1); upsample first and check the prediction is not transposed"
-        )
-    valid = valid_mask(g, crop, min_depth, max_depth, max_inclusive, p, min_pred)
-    if not valid.any():
-        raise ValueError("no valid ground-truth pixel in the evaluation region")
-    p, g = p[valid], g[valid]
-    if not np.all(np.isfinite(p)) or np.any(p <= 0):
-        raise ValueError("prediction has non-positive or non-finite values at valid pixels; clamp first")
-    if median_scaling:
-        p = p * (np.median(g) / np.median(p))
+    p, g = _scored_pixels(pred, gt, crop, min_depth, max_depth, median_scaling, max_inclusive, min_pred)
     thresh = np.maximum(g / p, p / g)
     log_err = np.log(p) - np.log(g)
     return {
@@ -171,17 +180,7 @@ def pixel_sums(
     :func:`compute_metrics`; feed the results of all images to :func:`pooled_metrics`. For one image,
     ``pooled_metrics([pixel_sums(...)])`` equals ``compute_metrics(...)``.
     """
-    p, g = _as_numpy(pred), _as_numpy(gt)
-    if p.shape != g.shape:
-        raise ValueError(f"prediction {p.shape} and ground truth {g.shape} differ in shape; upsample first")
-    valid = valid_mask(g, crop, min_depth, max_depth, max_inclusive, p, min_pred)
-    if not valid.any():
-        raise ValueError("no valid ground-truth pixel in the evaluation region")
-    p, g = p[valid], g[valid]
-    if not np.all(np.isfinite(p)) or np.any(p <= 0):
-        raise ValueError("prediction has non-positive or non-finite values at valid pixels; clamp first")
-    if median_scaling:
-        p = p * (np.median(g) / np.median(p))
+    p, g = _scored_pixels(pred, gt, crop, min_depth, max_depth, median_scaling, max_inclusive, min_pred)
     thresh = np.maximum(g / p, p / g)
     log_err = np.log(p) - np.log(g)
     return {
