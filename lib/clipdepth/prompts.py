@@ -32,6 +32,8 @@ from .text_towers import (
     clip_prompt_tokenizer,
     clip_tokenizer,
     encode_embeddings,
+    encode_embeddings_shared_prefix,
+    prefix_sharing_is_exact,
     text_context_length,
     text_pool_type,
     text_tower,
@@ -340,6 +342,14 @@ class PromptEncoder(nn.Module):
         }.get(pool, lambda r: self.length - 1)
         self.register_buffer("eot_index", torch.tensor([pool_at(r) for r in rows]), persistent=False)
         self._slots = slots
+        # Tokens every prompt shares (same ids; vector slots only when one vector serves all prompts:
+        # context and object tokens) are computed once where that is exact (a causal tower).
+        per_prompt = {s[1] for s in slots if s[2] in ("learned", "random")}
+        shared = 0
+        while (shared < min(len(r) for r in rows) - 1 and shared not in per_prompt
+               and len({r[shared] for r in rows}) == 1):
+            shared += 1
+        self.shared_prefix = shared if len(rows) > 1 and prefix_sharing_is_exact(model) else 0
         for source in ("ctx", "object", "learned", "random"):
             sel = [s for s in slots if s[2] == source]
             self.register_buffer(f"_{source}_prompt", torch.tensor([s[0] for s in sel], dtype=torch.long),
@@ -450,7 +460,11 @@ class PromptEncoder(nn.Module):
         return x
 
     def forward(self) -> torch.Tensor:
-        """Projected pooled features of all N prompts, ``N x D`` (not normalised)."""
+        """Projected pooled features of all N prompts, ``N x D`` (not normalised); the tokens all prompts
+        share run once where that is exact (:func:`clipdepth.text_towers.prefix_sharing_is_exact`)."""
+        if self.shared_prefix:
+            return encode_embeddings_shared_prefix(self._clip, self.input_embeddings(), self.eot_index,
+                                                   self.shared_prefix)
         return encode_embeddings(self._clip, self.input_embeddings(), self.eot_index, self.n_tokens)
 
     def prompt_strings(self) -> list[str]:
