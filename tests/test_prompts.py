@@ -129,3 +129,23 @@ def test_unknown_names_list_valid_ones(rn50):
         resolve_template("2o2d")
     with pytest.raises(ValueError, match="unknown word set 'learned-0'"):
         PromptEncoder(rn50, "learned-0", "baseline")
+
+
+@pytest.mark.parametrize(("words", "template", "prefix"), [("learned-256", "baseline", 6), ("depth-7", "4o4d", 10),
+                                                             ("learned-7", "1o1d", 4)])
+def test_shared_prefix_runs_once_and_equals_the_full_pass(rn50, words, template, prefix):
+    """"<sot> This object appears to be" (and context tokens, one vector for all prompts) is common to every
+    prompt: computed once, the features and the token gradients equal the full causal pass to float32
+    rounding (the depth slot, different per prompt, ends the shared part)."""
+    from clipdepth.text_towers import encode_embeddings
+
+    enc = PromptEncoder(rn50, words, template)
+    assert enc.shared_prefix == prefix
+    shared = enc()
+    full = encode_embeddings(rn50, enc.input_embeddings(), enc.eot_index, enc.n_tokens)
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+    params = [p for p in enc.parameters() if p.requires_grad]
+    grads_shared = torch.autograd.grad(shared.square().sum(), params)
+    grads_full = torch.autograd.grad(full.square().sum(), params)
+    for a, b in zip(grads_shared, grads_full, strict=True):  # relative to the gradient's scale
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-5
