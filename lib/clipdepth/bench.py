@@ -26,7 +26,8 @@ import torch
 from . import experiments
 from .atomic import atomic_write_json
 from .backbone import dense_features, load_clip
-from .losses import SILogTarget, silog_loss
+from .experiments import TrainConfig
+from .losses import SILogTarget
 from .methods import learned_prompt_model
 from .prompts import PromptEncoder
 from .provenance import resolve_device
@@ -88,20 +89,15 @@ def _autocast(bf16: bool) -> torch.autocast:
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
 
 
-def _train_step(model: Any, opt: torch.optim.Optimizer, images: torch.Tensor, cached: torch.Tensor,
-                gt: torch.Tensor, faithful: bool, bf16: bool) -> None:
-    """One optimisation step as the trainer does it, from live images or from cached fp16 features."""
-    with _autocast(bf16):
-        if faithful:
-            with torch.no_grad():
-                feats = model.image_features(images).float()
-        else:
-            feats = cached.float()
-        loss = silog_loss(model.forward_features(feats).float(), gt)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 0.1)
-    opt.step()
+def _train_step(model: Any, optim: tuple, images: torch.Tensor, cached: torch.Tensor, gt: torch.Tensor,
+                faithful: bool, bf16: bool) -> None:
+    """One optimisation step as the trainer does it (:func:`clipdepth.train_protocol.optimiser_step`),
+    from live images or from cached fp16 features."""
+    with torch.no_grad(), _autocast(bf16):
+        feats = model.image_features(images).float() if faithful else cached.float()
+    params, opt, sched = optim
+    optimiser_step(model, params, opt, sched, feats, SILogTarget(gt, tuple(feats.shape[-2:])),
+                   TrainConfig().grad_clip, lambda: _autocast(bf16))
 
 
 def bench_dataset(dataset: str, clip_model: Any, device: torch.device, batch_size: int, repeats: int,
@@ -121,11 +117,11 @@ def bench_dataset(dataset: str, clip_model: Any, device: torch.device, batch_siz
             model = learned_prompt_model(clip_model, 1e-3, spec["max_depth"],
                                          bn="adapt" if mode == "faithful" else "frozen").to(device)
             model.train()
-            opt = torch.optim.AdamW(model.trainable_parameters(), lr=3.57e-4, weight_decay=0.1)
+            optim = make_optimiser(model, TrainConfig(), 10_000)
             with torch.no_grad(), _autocast(use_bf16):
                 cached = model.image_features(images).float().half()  # the cache stores fp16
             results[mode] = time_call(
-                lambda m=model, o=opt, c=cached, f=mode == "faithful", b=use_bf16:
+                lambda m=model, o=optim, c=cached, f=mode == "faithful", b=use_bf16:
                 _train_step(m, o, images, c, gt, f, b),
                 device, repeats)
         with torch.no_grad(), _autocast(use_bf16):

@@ -25,6 +25,7 @@ resumes from the last one and ends bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import dataclasses
@@ -116,7 +117,7 @@ class RunOptions:
 
 
 @dataclass
-class Unit:
+class Unit(abc.ABC):
     """A picklable piece of work: rows whose results it writes into the shared runs folder.
 
     ``rows`` are distinct runs (rows with identical run folders were merged by :func:`plan`).
@@ -156,8 +157,9 @@ class Unit:
                     done[id(t)] = result
         return [done[id(t)] for t in trainers]
 
+    @abc.abstractmethod
     def _compute(self, pending: list[Trainer], clip_model: Any) -> list[RunResult]:
-        raise NotImplementedError  # each kind of unit computes its rows its own way
+        """Compute ``pending`` rows (the unit holds their locks); each kind of unit does it its own way."""
 
 
 class SingleRow(Unit):

@@ -102,6 +102,7 @@ class Trainer:
         self.cache = FeatureCache(cache_dir)
         self._clip = clip_model
         self.subset = subset
+        self._splits: dict[str, Any] = {}
         self._counts = {k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("subset", subset))
                         if v is not None}
 
@@ -175,7 +176,11 @@ class Trainer:
         return self._clip
 
     def split(self, name: str):
-        return open_split(self.resolved, name, **self._counts)
+        """The reader of split ``name``, opened once per trainer: the run folder, validation, training and
+        evaluation all ask for it, and opening means parsing the list (24k lines at paper size)."""
+        if name not in self._splits:
+            self._splits[name] = open_split(self.resolved, name, **self._counts)
+        return self._splits[name]
 
     def validate_data(self) -> None:
         """Decode every file this run will read (train when it trains, and test) before the first step, so
