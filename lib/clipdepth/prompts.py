@@ -18,26 +18,37 @@ buffer. Initial values come from ``token_init``: ``"ours"`` (a private generator
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import open_clip
 import torch
 from torch import nn
 
 from .text_towers import (
+    PromptGroup,
     PromptTokenizer,
     TextEncoder,
     clip_prompt_tokenizer,
     clip_tokenizer,
     encode_embeddings,
-    encode_embeddings_shared_prefix,
+    encode_prompt_groups,
     prefix_sharing_is_exact,
     text_context_length,
     text_pool_type,
     text_tower,
     truncation_is_exact,
+)
+from .token_init import (
+    AUTHORS_BATCH_SIZE,
+    AUTHORS_EXAMPLE_INPUT,
+    TOKEN_INIT_STD,
+    TOKEN_INITS,
+    TokenInit,
+    authors_initial_tokens,
+    authors_prelude_shapes,
+    initial_tokens,
+    token_distance,
 )
 
 __all__ = [
@@ -60,6 +71,7 @@ __all__ = [
     "clip_prompt_tokenizer",
     "clip_tokenizer",
     "encode_embeddings",
+    "encode_prompts",
     "parse_depth_words",
     "resolve_template",
     "text_context_length",
@@ -92,21 +104,11 @@ TEMPLATES: dict[str, str] = {
     "1o2d": "{ctx} {object} {ctx} {ctx} {depth}",
     "4o4d": "{ctx} {ctx} {ctx} {ctx} {object} {ctx} {ctx} {ctx} {ctx} {depth}",
 }
-TOKEN_INIT_STD = 0.02  # CLIP's token_embedding init std, used by the authors for every new token
-TOKEN_INITS: tuple[str, ...] = ("ours", "authors")
-TokenInit = Literal["ours", "authors"]
 #: Public token names (``set_tokens``/``load_tokens``) -> the attribute holding them. ``depth`` is the
 #: learned ``depth_tokens`` parameter for learned-N and the frozen ``random_tokens`` buffer for random-N.
 TOKEN_NAMES: tuple[str, ...] = ("ctx", "depth", "object")
 _STATE_KEYS = {"ctx_tokens": "ctx", "depth_tokens": "depth", "random_tokens": "depth", "object_tokens": "object"}
-#: The example input the authors' Lightning module draws in its constructor (``example_input_array``):
-#: (height, width) per dataset -- KITTI's KB crop 352 x 1216 when ``do_kb_crop``, else NYU's
-#: ``dimensions_train`` 416 x 544 (every released config).
-AUTHORS_EXAMPLE_INPUT: dict[str, tuple[int, int]] = {"nyu": (416, 544), "kitti": (352, 1216)}
-AUTHORS_BATCH_SIZE = 16
 _SLOT = re.compile(r"\{(object|depth|ctx)\}")
-
-
 
 
 @dataclass(frozen=True)
@@ -146,79 +148,6 @@ def resolve_template(name_or_string: str) -> str:
     )
 
 
-def authors_prelude_shapes(dataset: str, batch_size: int = AUTHORS_BATCH_SIZE) -> tuple[tuple[int, ...], ...]:
-    """Shapes of the two ``torch.rand`` draws the authors' ``MainRunnerLM.__init__`` makes before the model.
-
-    Its ``example_input_array`` is ``(torch.rand(B, 3, H, W), torch.rand(B, 1, H, W))`` with B the
-    config's batch size and (H, W) from :data:`AUTHORS_EXAMPLE_INPUT`.
-    """
-    if dataset not in AUTHORS_EXAMPLE_INPUT:
-        raise ValueError(f"token_init='authors' needs dataset 'nyu' or 'kitti', got {dataset!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    height, width = AUTHORS_EXAMPLE_INPUT[dataset]
-    return ((batch_size, 3, height, width), (batch_size, 1, height, width))
-
-
-def authors_initial_tokens(
-    n_ctx: int,
-    n_depth: int,
-    learned_object: bool,
-    dataset: str = "nyu",
-    batch_size: int = AUTHORS_BATCH_SIZE,
-    seed: int = 42,
-    width: int = 512,
-) -> dict[str, torch.Tensor | None]:
-    """The initial tokens the authors' code draws, reproduced on CPU: ``{"ctx", "depth", "object"}``.
-
-    What it relies on (``DylanAuty/PromptLearningCLIP-MDE``, commit 0b30195):
-
-    - ``main.py`` calls ``pl.seed_everything(seed)`` (42), which seeds the *global* CPU generator with
-      ``torch.manual_seed(seed)``; nothing draws from it until the model is built.
-    - ``MainRunnerLM.__init__`` then draws ``torch.rand(B, 3, H, W)`` and ``torch.rand(B, 1, H, W)``
-      (its ``example_input_array``; shapes from :func:`authors_prelude_shapes`).
-    - ``DepthCLIP.__init__`` draws every new token as its own ``torch.normal(mean=0, std=0.02,
-      size=(1, 512))`` in this order: the template's context tokens (``<|prompt_0|>`` ...), the depth
-      tokens (``<|depth_0|>`` ...), the object token (``<|object_0|>``). ``clip.load`` comes after.
-    - Random-static ("rs") configs are the learned ones evaluated untrained, so random-N vectors are
-      the depth draws.
-
-    The same calls are made here on a private ``torch.Generator`` seeded with ``seed`` (a fresh CPU
-    generator seeded with s produces the stream of the global one after ``torch.manual_seed(s)``), so
-    the caller's global state is untouched. Equal values need the same CPU kernels as theirs
-    (``uniform_`` / ``normal_`` of the installed torch; they used torch 1.13.1) -- the test re-enacts
-    the sequence with the global generator on the torch installed here. Only the CPU generator is
-    meant: on CUDA the streams differ. ``width`` other than 512 (not RN50) is our extension.
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    for shape in authors_prelude_shapes(dataset, batch_size):
-        torch.rand(shape, generator=gen)  # drawn and dropped: only the generator's advance matters
-
-    def draw(n: int) -> torch.Tensor | None:
-        if n == 0:
-            return None
-        return torch.cat([torch.normal(0.0, TOKEN_INIT_STD, size=(1, width), generator=gen) for _ in range(n)])
-
-    ctx = draw(n_ctx)
-    depth = draw(n_depth)
-    return {"ctx": ctx, "depth": depth, "object": draw(1) if learned_object else None}
-
-
-def token_distance(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """How far two sets of token vectors (``N x width`` each, row i against row i) lie apart.
-
-    Returns the mean and max Euclidean distance per token and the mean cosine similarity, e.g. to show
-    how far random-7 moves between ``token_init="ours"`` and ``"authors"`` or across seeds.
-    """
-    if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"token_distance needs two N x width tensors of one shape, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
-    a64, b64 = a.detach().double(), b.detach().double()
-    dist = (a64 - b64).norm(dim=1)
-    cos = torch.nn.functional.cosine_similarity(a64, b64, dim=1)
-    return {"mean_l2": float(dist.mean()), "max_l2": float(dist.max()), "mean_cosine": float(cos.mean())}
-
-
 class PromptEncoder(nn.Module):
     """Encode the N bin prompts through CLIP's frozen text tower, with vector slots.
 
@@ -253,10 +182,6 @@ class PromptEncoder(nn.Module):
         """``token_init="authors"`` draws as :func:`authors_initial_tokens` does, for ``authors_dataset``
         (``nyu``/``kitti``: it fixes the size of their constructor's example input) and batch size."""
         super().__init__()
-        if token_init not in TOKEN_INITS:
-            raise ValueError(f"token_init must be one of {', '.join(TOKEN_INITS)}, got {token_init!r}")
-        if token_init == "authors" and authors_dataset is None:
-            raise ValueError("token_init='authors' needs authors_dataset ('nyu' or 'kitti')")
         tower = text_tower(model)
         pool = text_pool_type(model)
         if pool not in ("argmax", "eos", "first", "last", "cls"):
@@ -278,17 +203,8 @@ class PromptEncoder(nn.Module):
         n_ctx = self.template.count("{ctx}")
         n_vectors = self.depth.n if self.depth.kind != "words" else 0
         self.token_init = token_init
-        if token_init == "authors":
-            init = authors_initial_tokens(n_ctx, n_vectors, learned_object, str(authors_dataset),
-                                          authors_batch_size, seed, width)
-        else:
-            gen = torch.Generator().manual_seed(seed)
-
-            def draw(n: int) -> torch.Tensor | None:
-                return torch.randn(n, width, generator=gen) * TOKEN_INIT_STD if n else None
-
-            # Draw order is fixed (context, depth, object) so a seed gives the same tokens every time.
-            init = {"ctx": draw(n_ctx), "depth": draw(n_vectors), "object": draw(1 if learned_object else 0)}
+        init = initial_tokens(token_init, n_ctx, n_vectors, learned_object, seed, width, authors_dataset,
+                              authors_batch_size)
         self.ctx_tokens = nn.Parameter(init["ctx"]) if n_ctx else None
         vectors = init["depth"]
         self.depth_tokens = nn.Parameter(vectors) if self.depth.kind == "learned" else None
@@ -459,12 +375,21 @@ class PromptEncoder(nn.Module):
             x = x.index_put((prompt, pos), vectors.to(cast)[idx])
         return x
 
+    def prompt_group(self) -> PromptGroup | None:
+        """This encoder's prompts for :func:`encode_prompt_groups` (None where prefix sharing is not
+        exact). A prefix of fixed words is keyed by its token ids, so encoders sharing it run it once."""
+        if not self.shared_prefix:
+            return None
+        fixed = all(pos >= self.shared_prefix for _, pos, _, _ in self._slots)
+        key = ("ids", *self.token_ids[0, : self.shared_prefix].tolist()) if fixed else None
+        return PromptGroup(self.input_embeddings(), self.eot_index, self.shared_prefix, key)
+
     def forward(self) -> torch.Tensor:
         """Projected pooled features of all N prompts, ``N x D`` (not normalised); the tokens all prompts
         share run once where that is exact (:func:`clipdepth.text_towers.prefix_sharing_is_exact`)."""
-        if self.shared_prefix:
-            return encode_embeddings_shared_prefix(self._clip, self.input_embeddings(), self.eot_index,
-                                                   self.shared_prefix)
+        group = self.prompt_group()
+        if group is not None:
+            return encode_prompt_groups(self._clip, [group])[0]
         return encode_embeddings(self._clip, self.input_embeddings(), self.eot_index, self.n_tokens)
 
     def prompt_strings(self) -> list[str]:
@@ -477,6 +402,23 @@ class PromptEncoder(nn.Module):
             depth = self.depth.words[b] if self.depth.kind == "words" else f"<|depth_{b}|>"
             out.append(text.replace("{object}", obj).replace("{depth}", depth))
         return out
+
+
+def encode_prompts(encoders: Sequence[PromptEncoder]) -> list[torch.Tensor]:
+    """Every encoder's ``N x D`` features, bit-identical to calling each encoder, in one text pass for the
+    encoders that share a model whose prefix sharing is exact (:func:`encode_prompt_groups`); the others
+    run alone. Rows trained in lockstep encode their prompts so."""
+    out: dict[int, torch.Tensor] = {}
+    batches: dict[int, list[int]] = {}
+    for i, enc in enumerate(encoders):
+        if enc.shared_prefix:
+            batches.setdefault(id(enc.clip), []).append(i)
+        else:
+            out[i] = enc()
+    for members in batches.values():
+        groups = [encoders[i].prompt_group() for i in members]
+        out.update(zip(members, encode_prompt_groups(encoders[members[0]].clip, groups), strict=True))
+    return [out[i] for i in range(len(encoders))]
 
 
 #: CoOp's name for the learnable prompt module (Zhou et al. 2022); the same class as PromptEncoder.
