@@ -243,10 +243,6 @@ def _at_least(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x if x.shape[0] >= rows else torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
 
 
-def _causal(n: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(n, n, dtype=dtype).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
-
-
 class _Layout:
     """Where every token of a set of prompt groups sits, and who attends to whom.
 
@@ -259,7 +255,7 @@ class _Layout:
     encoded alone or with others.
     """
 
-    def __init__(self, groups: Sequence[PromptGroup], device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, groups: Sequence[PromptGroup], device: torch.device) -> None:
         self.head_of: list[int] = []  # per group: its head
         self.head_len: list[int] = []
         self.head_source: list[int] = []  # per head: the group whose embeddings it is computed from
@@ -293,15 +289,14 @@ class _Layout:
                 padded_of_flat += [slot + (b * c + a) * t + i for i in range(t)]
                 ok[b, a * t : (a + 1) * t, p + a * t : p + (a + 1) * t] = torch.ones(t, t, dtype=torch.bool).tril()
             slot += self.n_packs[gi] * c * t
-            self.group_masks.append(torch.zeros(ok.shape, dtype=dtype).masked_fill(~ok, float("-inf"))[:, None]
-                                    .to(device))
+            self.group_masks.append(ok[:, None].to(device))  # boolean (True: attend), whatever the dtype
         flat_of_padded = [0] * slot  # padding reads token 0: it is masked as a key and dropped as a query
         for flat, s in enumerate(padded_of_flat):
             flat_of_padded[s] = flat
         padded_of_flat += [0] * (MIN_ROWS - len(padded_of_flat))  # rows of _at_least: their output is dropped
         as_index = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
         self.to_flat, self.to_padded, self.pooled = as_index(padded_of_flat), as_index(flat_of_padded), as_index(pooled)
-        self.head_masks = [_causal(p, dtype).to(device) for p in self.head_len]
+        self.head_masks = [torch.ones(p, p, dtype=torch.bool, device=device).tril() for p in self.head_len]
 
 
 def _attention(block: nn.Module, h: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -347,7 +342,7 @@ def encode_prompt_groups(model: nn.Module, groups: Sequence[PromptGroup]) -> lis
     the float rounding of attention over fewer keys (tested to 1e-5). Versus encoding each group alone
     it is the same computation: attention runs per head and per group on the same shapes, and the
     per-token layers differ only in the height of their matrix products, whose rows the BLAS computes
-    independently of the height (MKL above 13 rows, tested) -- the lockstep test shows bit-identical
+    independently of the height (MKL from 12 rows; see :data:`MIN_ROWS`) -- the lockstep test shows bit-identical
     training. Only where :func:`prefix_sharing_is_exact`; every group needs
     ``1 <= prefix <= min(eot_index)``. Returns each group's ``N x D`` projected features.
     """
@@ -360,7 +355,7 @@ def encode_prompt_groups(model: nn.Module, groups: Sequence[PromptGroup]) -> lis
         if not 0 < g.prefix < length or int(g.eot_index.min()) < g.prefix:
             raise ValueError(f"shared prefix of {g.prefix} tokens does not fit {n} prompts of {length} tokens")
     x0 = groups[0].embeddings
-    layout = _Layout(groups, x0.device, x0.dtype)
+    layout = _Layout(groups, x0.device)
     pos = tower.positional_embedding.to(x0.dtype)
     pieces = [groups[gi].embeddings[0, : groups[gi].prefix] + pos[: groups[gi].prefix] for gi in layout.head_source]
     pieces += [(g.embeddings[:, g.prefix :] + pos[g.prefix : g.embeddings.shape[1]]).flatten(0, 1) for g in groups]
