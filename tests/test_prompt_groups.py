@@ -88,12 +88,12 @@ def test_layout_of_two_groups_hand_worked(rn50):
     x = torch.zeros(3, 4, 8)
     g0 = PromptGroup(x, torch.tensor([3, 3, 3]), 2, head_key="h")
     g1 = PromptGroup(torch.zeros(1, 5, 8), torch.tensor([4]), 2, head_key="h")
-    layout = _Layout([g0, g1], torch.device("cpu"))
+    layout = _Layout([g0, g1], torch.device("cpu"), torch.float32)
     assert layout.head_len == [2] and layout.head_of == [0, 0]  # one head for both
     assert layout.per_pack == [3, 1] and layout.n_packs == [1, 1]
     # flat: head (2), g0 tails (3 x 2), g1 tail (3), then zero rows up to MIN_ROWS
     assert layout.pooled.tolist() == [3, 5, 7, 10]
-    ok = layout.group_masks[0][0, 0]  # 6 queries x (2 head + 6 pack) keys
+    ok = layout.group_masks[0][0, 0] == 0  # 6 queries x (2 head + 6 pack) keys
     expected = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0],
                              [1, 1, 0, 0, 1, 0, 0, 0], [1, 1, 0, 0, 1, 1, 0, 0],
                              [1, 1, 0, 0, 0, 0, 1, 0], [1, 1, 0, 0, 0, 0, 1, 1]], dtype=torch.bool)
