@@ -35,7 +35,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -58,6 +58,7 @@ from .executor_options import (
     slurm_parameter_name,
 )
 from .executor_worker import SubmittedUnit, WorkUnit, pin_gpu, run_logged
+from .provenance import scoped_environ
 
 __all__ = [
     "DEFAULT_SLURM_TIME_MIN",
@@ -171,18 +172,10 @@ def _import_roots(objects: Sequence[object]) -> list[str]:
     return list(dict.fromkeys(roots))
 
 
-@contextlib.contextmanager
-def _pythonpath(roots: Sequence[str]) -> Iterator[None]:
+def _pythonpath(roots: Sequence[str]) -> contextlib.AbstractContextManager[None]:
     old = os.environ.get("PYTHONPATH")
     parts = [*roots, *(old.split(os.pathsep) if old else [])]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in parts if p))
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    return scoped_environ("PYTHONPATH", os.pathsep.join(dict.fromkeys(p for p in parts if p)))
 
 
 class _Progress:

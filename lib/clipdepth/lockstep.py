@@ -253,12 +253,12 @@ class LockstepGroup(Unit):
                 images, depth = lead._image_batch([transform(train_ds[i], epoch, i) for i in idx])
                 feats = lead._features(models[0], images)  # the one encoder pass (BN statistics update once)
                 targets: dict[tuple[float, float, float], SILogTarget] = {}  # one per (min depth, alpha, lambda)
+                row_targets = []
                 for t in pending:
                     key = (t.resolved.min_depth, t.train_cfg.loss_alpha, t.train_cfg.loss_lambda)
                     if key not in targets:
                         targets[key] = t.loss_target(depth, feats)
-                row_targets = [targets[(t.resolved.min_depth, t.train_cfg.loss_alpha, t.train_cfg.loss_lambda)]
-                               for t in pending]
+                    row_targets.append(targets[key])
                 step_losses = optimiser_steps(models, optim, feats, row_targets,
                                               [t.train_cfg.grad_clip for t in pending], lead._autocast)
                 for k, loss in enumerate(step_losses):

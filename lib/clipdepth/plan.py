@@ -17,14 +17,14 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import experiments
 from .experiments import Experiment, ResolvedExperiment
 from .lockstep import RunOptions, Unit, plan
-from .provenance import repo_path, resolve_device
+from .provenance import repo_path, resolve_device, scoped_environ
 from .train import resolve_row
 
 __all__ = ["DEFAULT_SEEDS", "NOTEBOOK_TABLES", "RowSpec", "data_dir_env", "describe_plan", "notebook_rows",
@@ -61,19 +61,9 @@ def seeds_of(params: Mapping[str, Any], profile: str) -> list[int]:
     return out
 
 
-@contextlib.contextmanager
-def data_dir_env(params: Mapping[str, Any]) -> Iterator[None]:
+def data_dir_env(params: Mapping[str, Any]) -> contextlib.AbstractContextManager[None]:
     """``$CLIPDEPTH_DATA_DIR`` from the ``data_dir`` parameter for the block (profiles resolve roots from it)."""
-    old = os.environ.get("CLIPDEPTH_DATA_DIR")
-    if params.get("data_dir"):
-        os.environ["CLIPDEPTH_DATA_DIR"] = str(repo_path(params["data_dir"]))
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("CLIPDEPTH_DATA_DIR", None)
-        else:
-            os.environ["CLIPDEPTH_DATA_DIR"] = old
+    return scoped_environ("CLIPDEPTH_DATA_DIR", str(repo_path(params["data_dir"])) if params.get("data_dir") else None)
 
 
 def run_options(params: Mapping[str, Any], force_since: float | None = None, keep_examples: int = 3,

@@ -2,14 +2,16 @@
 
 Why a module of its own: every results file records the same provenance (DESIGN.md section 5b), and
 ``./run_all.sh`` (:mod:`clipdepth.runall`) checks the paper profile's weights with the same lookup
-that identifies them in results. Nothing here computes a number or draws a table; it only reads the
-environment (and never downloads).
+that identifies them in results. Nothing here computes a number or draws a table; it reads the
+environment (and sets a variable for a block, :func:`scoped_environ`), and never downloads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,27 @@ __all__ = [
     "repo_path",
     "repo_root",
     "resolve_device",
+    "scoped_environ",
     "weights_info",
 ]
 
 _REPO_MARKERS = ("pyproject.toml", "notebooks")
+
+
+@contextlib.contextmanager
+def scoped_environ(name: str, value: str | None) -> Iterator[None]:
+    """Set ``$name`` to ``value`` for the block (``None``: leave it as it is), then restore what was there
+    (unset if it was unset): worker processes started inside the block inherit it."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def repo_root() -> Path:

@@ -75,16 +75,8 @@ def optimiser_step(model: BinPromptDepth, params: list, opt, sched, feats: torch
                    grad_clip: float, forward_context: Callable[[], Any] = contextlib.nullcontext) -> float:
     """One step of the authors' Lightning loop on precomputed dense features: text encoder + head, SILog
     (the forward inside ``forward_context``, e.g. bf16 autocast), backward, grad-norm clip, AdamW step,
-    OneCycle step. Returns the loss."""
-    with forward_context():
-        depth = model.forward_features(feats)
-    loss = target(depth.float())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    opt.step()
-    sched.step()
-    return loss.item()
+    OneCycle step. Returns the loss. A row trained alone is a lockstep step of one row."""
+    return optimiser_steps([model], [(params, opt, sched)], feats, [target], [grad_clip], forward_context)[0]
 
 
 def optimiser_steps(models: Sequence[BinPromptDepth], optimisers: Sequence[tuple], feats: torch.Tensor,
@@ -95,9 +87,9 @@ def optimiser_steps(models: Sequence[BinPromptDepth], optimisers: Sequence[tuple
     Every row's prompts go through the text encoder in one pass (:func:`clipdepth.prompts.encode_prompts`),
     each row computes its head and SILog, one backward runs on the sum of the losses -- each row's tokens
     depend on their own loss only, so each receives exactly its own gradient -- and then each row clips
-    its gradient norm and takes its AdamW and OneCycle steps. Versus :func:`optimiser_step` row by row,
-    only the float rounding of the text encoder's shared matrix products and attention differs (within
-    1e-6; tested). Returns the rows' losses.
+    its gradient norm and takes its AdamW and OneCycle steps. Each row's result is bit-identical to the
+    same step of that row alone (:func:`clipdepth.text_towers.encode_prompt_groups` says why; tested).
+    Returns the rows' losses.
     """
     # channel-major memory once for all rows: each head's product then reads it without a copy of its own
     feats = feats.transpose(0, 1).contiguous().transpose(0, 1)

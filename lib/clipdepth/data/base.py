@@ -13,6 +13,7 @@ so reports can say "subset: 8 of 24,231 train / 654 test" (:func:`subset_label`)
 
 from __future__ import annotations
 
+import abc
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ def subset_label(subset: int | None, train_lines: int, test_lines: int) -> str:
     return f"full lists: {lists}" if subset is None else f"subset: {subset:,} of {lists}"
 
 
-class ListDataset:
+class ListDataset(abc.ABC):
     """A map-style dataset over a BTS-style split list.
 
     ``on_missing="error"`` (default) refuses to build when a listed file does not exist, naming the
@@ -168,8 +169,9 @@ class ListDataset:
             )
 
     # -- hooks for subclasses -------------------------------------------------------------------
+    @abc.abstractmethod
     def _resolve(self, entry: ListEntry) -> Resolved:
-        raise NotImplementedError
+        """The files and per-item settings of one list line (each dataset's own layout)."""
 
     def _skip_reason(self, entry: ListEntry) -> str | None:
         return "no ground truth" if entry.depth is None else None
