@@ -16,9 +16,9 @@ import sys
 import pytest
 import torch
 
+from clipdepth.experiments import resolve as resolve_row
 from clipdepth.lockstep import RunOptions, run_units
 from clipdepth.provenance import resolve_device
-from clipdepth.train import resolve_row
 
 _no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

@@ -34,9 +34,9 @@ from clipdepth.checkpoints import file_sha256
 from clipdepth.codeid import code_fingerprint, computing_modules
 from clipdepth.data import DataError
 from clipdepth.data.profile_data import open_split
+from clipdepth.experiments import resolve as resolve_row
 from clipdepth.lockstep import LockstepGroup, RunOptions, plan, run_units
 from clipdepth.neighbours.sweep import vocab_sweep
-from clipdepth.train import resolve_row
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = REPO / "lib"
@@ -78,7 +78,7 @@ _ONE_ROW = r"""
 import json, sys, time
 from pathlib import Path
 from clipdepth.lockstep import RunOptions, run_units
-from clipdepth.train import resolve_row
+from clipdepth.experiments import resolve as resolve_row
 
 root, me = Path(sys.argv[1]), sys.argv[2]
 row = resolve_row("t3/nyu/learned-7", "demo", "faithful", epochs=1)

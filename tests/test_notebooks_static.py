@@ -15,7 +15,13 @@ from pathlib import Path
 import papermill
 import pytest
 
-from clipdepth.runall import NotebookParameterError, discover_notebooks, notebook_parameters, parameters_cell
+from clipdepth.runall import (
+    NotebookParameterError,
+    discover_notebooks,
+    notebook_parameters,
+    notebook_tables,
+    parameters_cell,
+)
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = discover_notebooks(NOTEBOOKS_DIR)
@@ -38,6 +44,16 @@ def test_table_notebooks_exist_in_reading_order() -> None:
     assert IDS[:3] == ["01_token_ablation", "02_context_tokens", "03_bins"]
     assert IDS == sorted(IDS)
     assert len({i[:2] for i in IDS}) == len(IDS), "two notebooks share a number"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_declared_tables_are_the_tables_the_notebook_runs(path: Path) -> None:
+    """run_all plans a notebook's row groups from its metadata (``clipdepth.tables``) before running it, so
+    the tables it declares must be exactly those whose rows its code asks for (``ctx.experiment_names``)."""
+    asked = re.findall(r"experiment_names\(\s*[\"'](t\d)[\"']", _code_after_parameters(_load(path)))
+    assert sorted(set(asked)) == sorted(notebook_tables(path))
+    if path.stem in ("01_token_ablation", "02_context_tokens", "03_bins"):
+        assert notebook_tables(path), "a table notebook of Tables 3-7 must declare its tables"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

@@ -169,7 +169,9 @@ def test_save_figure_writes_png_into_the_notebook_folder(ctx) -> None:
 def test_start_notebook_prepares_folders_and_environment(ctx, tmp_path) -> None:
     assert ctx.out_dir == tmp_path / "reports" / "demo" / "99_unit"
     assert ctx.out_dir.is_dir()
-    assert os.environ["CLIPDEPTH_DATA_DIR"] == str(tmp_path / "data")
+    assert os.environ["CLIPDEPTH_DATA_DIR"] == "placeholder"  # the data root is a parameter, not a side effect
+    (row,) = report.resolve_rows(["t3/nyu/depth-7"], "demo", ctx.params)
+    assert row.data_root.startswith(str(tmp_path / "data"))
     assert ctx.banner == experiments.DEMO_BANNER
     assert ctx.datasets == ["nyu"]
     assert ctx.experiment_names("t4") == [e.name for e in experiments.select(table="t4", dataset="nyu")]
@@ -236,21 +238,21 @@ def test_results_json_is_strict_json_with_nan_metrics(ctx) -> None:
 
 
 def test_resolve_row_evaluates_untrained_rows_on_cached_features() -> None:
-    cached = report.resolve_row("t3/nyu/depth-7", "demo", "cached")
-    live = report.resolve_row("t3/nyu/depth-7", "demo", "faithful")
+    cached = experiments.resolve("t3/nyu/depth-7", "demo", "cached")
+    live = experiments.resolve("t3/nyu/depth-7", "demo", "faithful")
     assert cached.train.mode == "cached" and cached.train.bn == "frozen"
     assert cached.config_hash == live.config_hash == experiments.config_hash(experiments.get("t3/nyu/depth-7"))
     assert cached.epochs == 0
 
 
 def test_resolve_row_overrides() -> None:
-    base = report.resolve_row("t3/nyu/learned-7", "demo")
-    assert report.resolve_row("t3/nyu/learned-7", "demo", seed=42).run_key == base.run_key
-    assert report.resolve_row("t3/nyu/learned-7", "demo", seed=7).run_key != base.run_key
-    assert report.resolve_row("t3/nyu/learned-7", "demo", epochs=1).epochs == 1
-    assert report.resolve_row("t3/nyu/learned-7", "paper", weights="/w/rn50.pt").weights == "/w/rn50.pt"
+    base = experiments.resolve("t3/nyu/learned-7", "demo")
+    assert experiments.resolve("t3/nyu/learned-7", "demo", seed=42).run_key == base.run_key
+    assert experiments.resolve("t3/nyu/learned-7", "demo", seed=7).run_key != base.run_key
+    assert experiments.resolve("t3/nyu/learned-7", "demo", epochs=1).epochs == 1
+    assert experiments.resolve("t3/nyu/learned-7", "paper", weights="/w/rn50.pt").weights == "/w/rn50.pt"
     with pytest.raises(ValueError, match="training mode"):
-        report.resolve_row("t3/nyu/learned-7", "demo", mode="fast")
+        experiments.resolve("t3/nyu/learned-7", "demo", mode="fast")
 
 
 def test_repo_path_is_relative_to_the_repository_root(monkeypatch) -> None:

@@ -8,8 +8,9 @@ import torch
 
 from clipdepth import experiments
 from clipdepth.data.transforms import to_tensor
+from clipdepth.experiments import resolve as resolve_row
 from clipdepth.features import FeatureCache, FeatureKey
-from clipdepth.train import Trainer, batch_order, resolve_row
+from clipdepth.train import Trainer, batch_order
 
 N_TRAIN, N_TEST = 16, 4
 

@@ -31,7 +31,7 @@ from .losses import SILogTarget
 from .methods import learned_prompt_model
 from .prompts import PromptEncoder, encode_prompts
 from .provenance import resolve_device
-from .train import build_model, resolve_row
+from .train import build_model
 from .train_protocol import make_optimiser, optimiser_step, optimiser_steps
 
 PAPER_SIZES = {"nyu": {"train": (416, 544), "test": (480, 640), "n_train": 24231, "n_test": 654,
@@ -182,7 +182,7 @@ def bench_lockstep(dataset: str, clip_model: Any, device: torch.device, batch_si
     gt[torch.rand(gt.shape, generator=gen) < 0.2] = 0.0  # pixels without ground truth, as in real data
     gt = gt.to(device)
     clip = copy.deepcopy(clip_model)
-    rows = [resolve_row(n, "paper", mode="faithful") for n in names]
+    rows = [experiments.resolve(n, "paper", "faithful") for n in names]
     models = [build_model(r, clip).to(device) for r in rows]
     for m in models:
         m.train()

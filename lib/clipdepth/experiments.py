@@ -496,7 +496,7 @@ class DatasetSetup:
     """Per-dataset part of a profile: data location and the input sizes the backbone sees.
 
     ``root`` (and ``depth_root`` for KITTI's separate annotated-depth tree) may contain
-    ``{data_dir}``, replaced at resolve time by ``$CLIPDEPTH_DATA_DIR`` (default ``data``).
+    ``{data_dir}``, replaced at resolve time by the caller's ``data_dir`` (:func:`resolve`).
     ``synthetic`` names the procedural scene family written at ``root`` (None = real data).
     Sizes are (height, width), multiples of 32 so the stride-32 feature grid has whole cells.
     """
@@ -617,15 +617,52 @@ class ResolvedExperiment:
 _RUN_OVERRIDES = ("data_root", "depth_root", "synthetic", "weights", "train_size", "test_size", "epochs")
 
 
-def resolve(exp: Experiment | str, profile: Profile | str = "demo", **overrides: Any) -> ResolvedExperiment:
-    """Bind ``exp`` to ``profile``, optionally overriding run settings (never method fields).
+#: Training modes a row can be bound to (``cached`` is the fast approximation, ``faithful`` the authors').
+TRAIN_MODES: tuple[str, ...] = ("cached", "faithful")
 
-    Allowed overrides: ``data_root``, ``depth_root``, ``synthetic`` (the scene family at the root, or
-    None for real data), ``weights``, ``train_size``, ``test_size``, ``epochs``. Anything else raises
-    TypeError; use :func:`variant` to change the method. Untrained rows resolve to 0 epochs whatever
-    the profile says.
+
+def default_data_dir() -> str:
+    """The data root a profile's ``{data_dir}`` stands for when the caller passes none.
+
+    The one place the environment is read (``$CLIPDEPTH_DATA_DIR``, default ``data``): notebooks and
+    ``./run_all.sh`` pass their ``data_dir`` parameter explicitly, so this only serves scripts and tests
+    that point every resolution in a process at one root."""
+    return os.environ.get("CLIPDEPTH_DATA_DIR", "data")
+
+
+def _mode_variant(exp: Experiment, mode: str | None, seed: int | None) -> Experiment:
+    """``exp`` in training ``mode`` with ``seed``. ``cached`` means cached features and BN ``frozen``;
+    ``faithful`` keeps the registry's BN policy (``adapt``, the authors' behaviour). Untrained rows in
+    ``cached`` mode are evaluated on the cached test features too: such a row never updates BatchNorm
+    statistics, so ``frozen`` and ``adapt`` are the same network and its method hash ignores the mode;
+    only the fp16 storage of the cached features differs, and it saves a live image-encoder pass."""
+    if mode is not None and mode not in TRAIN_MODES:
+        raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(TRAIN_MODES)}")
+    changes: dict[str, Any] = {}
+    if seed is not None and int(seed) != exp.train.seed:
+        changes["seed"] = int(seed)
+    if mode == "cached" and exp.eval_protocol != "depthclip":
+        changes.update(mode="cached", bn="frozen")
+    elif mode == "faithful" and exp.trained and exp.train.mode != "faithful":
+        changes.update(mode="faithful")
+    return variant(exp, **changes) if changes else exp
+
+
+def resolve(exp: Experiment | str, profile: Profile | str = "demo", mode: str | None = None, *,
+            seed: int | None = None, data_dir: str | os.PathLike[str] | None = None,
+            **overrides: Any) -> ResolvedExperiment:
+    """Bind ``exp`` to ``profile`` in training ``mode`` (``faithful`` / ``cached``; None keeps the row's)
+    with ``seed`` (None keeps the row's, the authors' 42), its ``{data_dir}`` roots under ``data_dir``
+    (None: :func:`default_data_dir`), optionally overriding run settings (never method fields).
+
+    The one binder of a row to a run: :func:`clipdepth.plan.resolve_rows` calls it for every notebook,
+    ``./run_all.sh`` and cluster job. Allowed overrides: ``data_root``, ``depth_root``, ``synthetic``
+    (the scene family at the root, or None for real data), ``weights``, ``train_size``, ``test_size``,
+    ``epochs`` (``weights`` or ``epochs`` None = the profile's). Anything else raises TypeError; use
+    :func:`variant` to change the method. Untrained rows resolve to 0 epochs whatever the profile says.
     """
     exp = get(exp) if isinstance(exp, str) else exp
+    exp = _mode_variant(exp, mode, seed)
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
@@ -636,11 +673,12 @@ def resolve(exp: Experiment | str, profile: Profile | str = "demo", **overrides:
             f"resolve() cannot override {', '.join(sorted(bad))}: a profile only sets "
             f"{', '.join(_RUN_OVERRIDES)}; use experiments.variant() to change the method"
         )
+    overrides = {k: v for k, v in overrides.items() if v is not None or k not in ("weights", "epochs")}
     setup = profile.setup(exp.dataset)
-    data_dir = os.environ.get("CLIPDEPTH_DATA_DIR", "data")
+    root_dir = str(default_data_dir() if data_dir is None else data_dir)
 
     def _root(value: str | None) -> str | None:
-        return None if value is None else str(value).replace("{data_dir}", data_dir)
+        return None if value is None else str(value).replace("{data_dir}", root_dir)
 
     epochs = overrides.get("epochs", profile.epochs)
     epochs = exp.train.epochs if epochs is None else int(epochs)

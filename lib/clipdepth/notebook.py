@@ -175,11 +175,9 @@ def start_notebook(
 ) -> NotebookContext:
     """Open a notebook's report: check the profile, prepare folders and environment, show the banner.
 
-    Side effects, each so the notebook itself needs none: ``$CLIPDEPTH_DATA_DIR`` is set from the
-    ``data_dir`` parameter (relative to the repository root) because the profiles' data roots are
-    resolved from it; ``HF_HUB_OFFLINE=1`` in ``demo`` (nothing may be downloaded); Python, numpy
-    and torch are seeded from ``seed``; matplotlib is made non-interactive when headless; pandas shows
-    wide tables whole (:data:`DISPLAY_OPTIONS`).
+    Side effects, each so the notebook itself needs none: ``HF_HUB_OFFLINE=1`` in ``demo`` (nothing
+    may be downloaded); Python, numpy and torch are seeded from ``seed``; matplotlib is made
+    non-interactive when headless; pandas shows wide tables whole (:data:`DISPLAY_OPTIONS`).
     """
     if profile not in experiments.PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(experiments.PROFILES)}")
@@ -188,8 +186,6 @@ def start_notebook(
     reports_root = repo_path(reports_dir)
     out_dir = reports_root / profile / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    if params.get("data_dir"):
-        os.environ["CLIPDEPTH_DATA_DIR"] = str(repo_path(params["data_dir"]))
     if profile == "demo":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")

@@ -5,15 +5,16 @@ Why one module: the notebooks (through :func:`clipdepth.notebook.run_rows`) and 
 turn the same parameters into the same rows, or the notebooks would not find what ``run_all`` computed.
 Everything here is cheap: it reads split lists and hashes, it trains nothing.
 
-- :func:`seeds_of`, :func:`run_options`, :func:`resolve_rows`: parameters -> resolved rows + run options;
-- :data:`NOTEBOOK_TABLES` and :func:`notebook_rows`: which registry rows a table notebook runs;
-- :func:`plan_notebooks` and :func:`describe_plan`: the units of work of a whole invocation, and the
+- :func:`resolve_rows` (with :func:`seeds_of` and :func:`run_options`): the one path from a profile and
+  parameters to resolved rows and run options, the data root passed explicitly (``data_dir``);
+- :func:`table_rows`: the registry rows of the tables a notebook declares (its ``clipdepth.tables``
+  metadata; this module knows no notebook by name);
+- :func:`plan_tables` and :func:`describe_plan`: the units of work of a whole invocation, and the
   ``--plan`` summary (rows, groups, images read, bytes written, an estimated wall time).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -24,18 +25,10 @@ from typing import Any
 from . import experiments
 from .experiments import Experiment, ResolvedExperiment
 from .lockstep import RunOptions, Unit, plan
-from .provenance import repo_path, resolve_device, scoped_environ
-from .train import resolve_row
+from .provenance import repo_path, resolve_device
 
-__all__ = ["DEFAULT_SEEDS", "NOTEBOOK_TABLES", "RowSpec", "data_dir_env", "describe_plan", "notebook_rows",
-           "plan_lines", "plan_notebooks", "resolve_rows", "run_options", "seeds_of", "spec_names"]
-
-#: Registry tables each table notebook regenerates (its rows are planned by ``./run_all.sh``).
-NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
-    "01_token_ablation": ("t3",),
-    "02_context_tokens": ("t4", "t5"),
-    "03_bins": ("t6", "t7"),
-}
+__all__ = ["DEFAULT_SEEDS", "RowSpec", "describe_plan", "plan_lines", "plan_tables", "resolve_rows", "run_options",
+           "seeds_of", "spec_names", "table_rows"]
 
 #: Training seeds per profile when the ``seeds`` parameter is None: the paper's single seed (42). The
 #: demo uses one seed too: three seeds of every row of Tables 3-7 take about 3x the demo's 10-minute
@@ -59,11 +52,6 @@ def seeds_of(params: Mapping[str, Any], profile: str) -> list[int]:
     if not out or len(set(out)) != len(out):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
     return out
-
-
-def data_dir_env(params: Mapping[str, Any]) -> contextlib.AbstractContextManager[None]:
-    """``$CLIPDEPTH_DATA_DIR`` from the ``data_dir`` parameter for the block (profiles resolve roots from it)."""
-    return scoped_environ("CLIPDEPTH_DATA_DIR", str(repo_path(params["data_dir"])) if params.get("data_dir") else None)
 
 
 def run_options(params: Mapping[str, Any], force_since: float | None = None, keep_examples: int = 3,
@@ -97,15 +85,20 @@ def run_options(params: Mapping[str, Any], force_since: float | None = None, kee
 
 def resolve_rows(specs: Iterable[RowSpec], profile: str, params: Mapping[str, Any]) -> list[ResolvedExperiment]:
     """Each spec (a registry name, an Experiment variant, or (Experiment, weights)) for every seed,
-    bound to the profile with the notebook's training mode, epochs and weights. Seed-major order."""
+    bound to the profile with the parameters' training mode, epochs, weights and data root
+    (``data_dir``, relative to the repository root). Seed-major order.
+
+    The one path from parameters to rows: notebooks (:func:`clipdepth.notebook.run_rows`),
+    ``./run_all.sh`` and the executors' units all come through here, so they find the same runs."""
     specs = list(specs)
     mode = params.get("train_mode") or "faithful"
+    data_dir = repo_path(params["data_dir"]) if params.get("data_dir") else None
     rows = []
-    with data_dir_env(params):
-        for seed in seeds_of(params, profile):
-            for spec in specs:
-                exp, weights = (spec if isinstance(spec, tuple) else (spec, params.get("weights")))
-                rows.append(resolve_row(exp, profile, mode, params.get("epochs"), weights, seed))
+    for seed in seeds_of(params, profile):
+        for spec in specs:
+            exp, weights = (spec if isinstance(spec, tuple) else (spec, params.get("weights")))
+            rows.append(experiments.resolve(exp, profile, mode, seed=seed, data_dir=data_dir,
+                                            epochs=params.get("epochs"), weights=weights))
     return rows
 
 
@@ -118,29 +111,29 @@ def spec_names(specs: Iterable[RowSpec], profile: str, params: Mapping[str, Any]
     return [n for _ in seeds_of(params, profile) for n in names]
 
 
-def notebook_rows(notebook: str, params: Mapping[str, Any], profile: str) -> list[ResolvedExperiment]:
-    """The rows a table notebook runs (:data:`NOTEBOOK_TABLES`) for its ``datasets`` and seeds."""
-    tables = NOTEBOOK_TABLES.get(notebook, ())
+def table_rows(tables: Sequence[str], params: Mapping[str, Any], profile: str) -> list[ResolvedExperiment]:
+    """The rows of registry ``tables`` (e.g. ``("t4", "t5")``) for the parameters' ``datasets`` and seeds."""
     datasets = params.get("datasets") or list(experiments.DATASETS)
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     names = [e.name for t in tables for d in datasets for e in experiments.select(table=t, dataset=d)]
     return resolve_rows(names, profile, params)
 
 
-def plan_notebooks(jobs: Sequence[tuple[str, Mapping[str, Any]]], profile: str) -> tuple[list[Unit], RunOptions | None]:
-    """Units of work for the table notebooks among ``jobs`` ((notebook name, parameters) pairs).
+def plan_tables(jobs: Sequence[tuple[Sequence[str], Mapping[str, Any]]], profile: str
+                ) -> tuple[list[Unit], RunOptions | None]:
+    """Units of work for ``jobs``: (registry tables, parameters) pairs, one per table notebook.
 
-    Notebooks sharing run settings are planned together, so a row group that two notebooks need
-    (e.g. Table 6's learned-7 is Table 3's) is one unit. Returns the units and the options of the last
-    group of settings (None when no table notebook is selected).
+    Jobs sharing run settings are planned together, so a row group that two notebooks need (e.g.
+    Table 6's learned-7 is Table 3's) is one unit. Returns the units and the options of the last
+    group of settings (None when no job names a table).
     """
     groups: dict[str, tuple[RunOptions, list[ResolvedExperiment]]] = {}
-    for name, params in jobs:
-        if name not in NOTEBOOK_TABLES:
+    for tables, params in jobs:
+        if not tables:
             continue
         options = run_options(params, keep_examples=3)
         key = json.dumps(options.__dict__, sort_keys=True, default=str)
-        groups.setdefault(key, (options, []))[1].extend(notebook_rows(name, params, profile))
+        groups.setdefault(key, (options, []))[1].extend(table_rows(tables, params, profile))
     units: list[Unit] = []
     last = None
     for options, rows in groups.values():

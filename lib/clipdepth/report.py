@@ -8,7 +8,7 @@ code lives where its job is. Nothing in the package imports this module; it only
 - :mod:`clipdepth.figures` -- ``plot_comparison``, ``plot_qualitative``, ``pick_examples``, ``save_figure``;
 - :mod:`clipdepth.provenance` -- repository paths, the device, environment and weights identity;
 - :mod:`clipdepth.report_html` -- ``write_index`` (the reports' ``index.html``);
-- :func:`clipdepth.train.resolve_row` -- how a registry row is bound to the notebook's parameters.
+- :func:`clipdepth.plan.resolve_rows` -- how registry rows are bound to the notebook's parameters.
 
 Typical notebook::
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from .figures import pick_examples, plot_comparison, plot_qualitative, save_figure
 from .notebook import NotebookContext, finish_notebook, run_rows, show_banner, start_notebook, verdicts_for
+from .plan import resolve_rows
 from .provenance import environment_info, git_state, repo_path, repo_root, resolve_device, weights_info
 from .report_html import write_index
 from .scorecard import (
@@ -36,7 +37,6 @@ from .scorecard import (
     verdicts_allowed,
     within_tolerance,
 )
-from .train import resolve_row
 
 __all__ = [
     "COMPARE_METRICS",
@@ -55,7 +55,7 @@ __all__ = [
     "repo_path",
     "repo_root",
     "resolve_device",
-    "resolve_row",
+    "resolve_rows",
     "run_rows",
     "save_figure",
     "show_banner",

@@ -58,7 +58,7 @@ from typing import Any
 from .atomic import LockTimeout, atomic_write_text, file_lock
 from .executors import ExecutorError, add_executor_arguments, options_from_args, run_units
 from .params import PARAMETERS, ParameterError, check_parameter, looks_like_file
-from .plan import describe_plan, plan_lines, plan_notebooks
+from .plan import describe_plan, plan_lines, plan_tables
 from .provenance import environment_info, find_cached_weights
 
 __all__ = [
@@ -167,6 +167,14 @@ def notebook_parameters(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{path}: parameter {target!r} is not a literal (line {node.lineno}); derive values in a later cell"
             ) from None
     return params
+
+
+def notebook_tables(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The registry tables a notebook regenerates, from its metadata (``"clipdepth": {"tables": [...]}``):
+    ``./run_all.sh`` trains their row groups before the notebooks run, which then reuse every row.
+    A notebook without the entry computes its own rows while it runs."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    return tuple(nb.get("metadata", {}).get("clipdepth", {}).get("tables", ()))
 
 
 def parse_value(text: str) -> Any:
@@ -704,9 +712,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     if args.force:
         os.environ["CLIPDEPTH_FORCE_SINCE"] = f"{force_since:.3f}"
-    planned = [(job.name, {**defaults[job.name], **job.parameters}) for job in jobs]
+    planned = [(notebook_tables(job.path), {**defaults[job.name], **job.parameters}) for job in jobs]
     try:
-        units, _ = plan_notebooks(planned, args.profile)
+        units, _ = plan_tables(planned, args.profile)
     except (ValueError, OSError) as exc:  # e.g. a subset larger than a list, an unreadable list
         return fail(str(exc).splitlines()[0], 3 if args.profile == "paper" else 2)
     if args.plan:

@@ -62,8 +62,8 @@ from .train_protocol import (
     precision_context,
 )
 
-__all__ = ["CHECKPOINT_FORMAT", "PRECISIONS", "TRAIN_MODES", "DamagedResultWarning", "RunResult", "Trainer",
-           "batch_order", "build_model", "make_optimiser", "optimiser_step", "resolve_row", "run_table_row"]
+__all__ = ["CHECKPOINT_FORMAT", "PRECISIONS", "DamagedResultWarning", "RunResult", "Trainer",
+           "batch_order", "build_model", "make_optimiser", "optimiser_step", "run_table_row"]
 
 
 def build_model(resolved: ResolvedExperiment, clip_model: open_clip.CLIP) -> BinPromptDepth:
@@ -434,50 +434,10 @@ class Trainer:
         return torch.load(self.run_dir / "prompts.pt", map_location="cpu", weights_only=True)
 
 
-TRAIN_MODES: tuple[str, ...] = ("cached", "faithful")
-
-
-def resolve_row(
-    name: str | experiments.Experiment,
-    profile: str = "demo",
-    mode: str = "faithful",
-    epochs: int | None = None,
-    weights: str | None = None,
-    seed: int | None = None,
-) -> ResolvedExperiment:
-    """A registry row bound to a profile, in the requested training mode, with run overrides.
-
-    ``cached`` means cached features and BN ``frozen``; ``faithful`` keeps the registry's BN policy
-    (``adapt``, the authors' behaviour). Untrained rows in ``cached`` mode are evaluated on the cached
-    test features too: such a row never updates BatchNorm statistics, so ``frozen`` and ``adapt`` are
-    the same network and its method hash ignores the training mode; only the fp16 storage of the
-    cached features differs, and it saves a live image-encoder pass per row. ``weights`` and ``seed``
-    override the profile's weights and the authors' seed.
-    """
-    if mode not in TRAIN_MODES:
-        raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(TRAIN_MODES)}")
-    exp = experiments.get(name) if isinstance(name, str) else name
-    changes: dict[str, Any] = {}
-    if seed is not None and int(seed) != exp.train.seed:
-        changes["seed"] = int(seed)
-    if mode == "cached" and exp.eval_protocol != "depthclip":
-        changes.update(mode="cached", bn="frozen")
-    elif mode == "faithful" and exp.trained and exp.train.mode != "faithful":
-        changes.update(mode="faithful")
-    if changes:
-        exp = experiments.variant(exp, **changes)
-    overrides: dict[str, Any] = {}
-    if epochs is not None:
-        overrides["epochs"] = int(epochs)
-    if weights is not None:
-        overrides["weights"] = weights
-    return experiments.resolve(exp, profile, **overrides)
-
-
 def run_table_row(name: str, profile: str = "demo", mode: str = "faithful", epochs: int | None = None,
                   force: bool = False, keep_examples: int = 3, **trainer_kwargs: Any) -> RunResult:
     """Train (when the row trains) and evaluate one paper-table row; reuse a finished identical run."""
-    resolved = resolve_row(name, profile, mode, epochs)
+    resolved = experiments.resolve(name, profile, mode, epochs=epochs)
     result = Trainer(resolved, **trainer_kwargs).run(force=force, keep_examples=keep_examples)
     result.name = name
     return result
