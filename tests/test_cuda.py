@@ -16,9 +16,9 @@ import sys
 import pytest
 import torch
 
-from clipdepth.experiments import resolve as resolve_row
-from clipdepth.lockstep import RunOptions, run_units
-from clipdepth.provenance import resolve_device
+from clipdepth.report.provenance import resolve_device
+from clipdepth.study.experiments import resolve as resolve_row
+from clipdepth.train.lockstep import RunOptions, run_units
 
 _no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

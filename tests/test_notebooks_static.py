@@ -15,7 +15,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from clipdepth.runall import (
+from clipdepth.run.run_all import (
     NotebookParameterError,
     discover_notebooks,
     notebook_parameters,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from clipdepth import experiments
 from clipdepth.data.transforms import to_tensor
-from clipdepth.experiments import resolve as resolve_row
-from clipdepth.features import FeatureCache, FeatureKey
-from clipdepth.train import Trainer, batch_order
+from clipdepth.study import experiments
+from clipdepth.study.experiments import resolve as resolve_row
+from clipdepth.train.feature_cache import FeatureCache, FeatureKey
+from clipdepth.train.trainer import Trainer, batch_order
 
 N_TRAIN, N_TEST = 16, 4
 

@@ -5,7 +5,7 @@ metric-protocol row. CLIP2Depth's only verified quantitative claim is a *relativ
 against "Auty et al." (which Auty row is not stated), and LLM-MDE's numbers were (per its code) computed
 on min-max-normalised depth. Each entry therefore carries its ``kind`` so the notebook never prints
 them as if they were comparable metres. DepthCLIP's and the learned-7 rows' published numbers live in
-:mod:`clipdepth.reference`.
+:mod:`clipdepth.study.reference`.
 
 Confidence labels follow ``shared/research/peers.md``: ``P`` primary source read, ``S`` secondary
 source, ``I`` inferred by us (computation shown), ``U`` unverified (from the study brief; the PDF tables
