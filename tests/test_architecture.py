@@ -1,19 +1,28 @@
-"""The package's shape: no import cycle (function-level imports included), no long module without a reason.
+"""The package's shape: its layers, no import cycle (function-level imports included), no long module
+without a reason, a tree that shows its jobs.
 
 Why a test: a cycle hidden behind a function-level import is the usual symptom of a module doing two
-jobs, and a 1,000-line module is where a newcomer gets lost (issue 12). The checks read the source
-with :mod:`ast` (nothing is imported), so they also see imports inside functions. Each check is first
-shown to fail on a small package written for the purpose.
+jobs, and a 1,000-line module is where a newcomer gets lost (issue 12). The layers (model, data, eval
+and study never import train, run or report; run above report above the baselines above train) are
+``import-linter`` contracts in ``pyproject.toml``, checked here with ``lint-imports``; what import-linter
+cannot say (a module-level cycle across subpackages, the notebooks' facade) is read from the source with
+:mod:`ast` (nothing is imported), so imports inside functions count too. Each check is first shown to
+fail on a small package written for the purpose.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "clipdepth"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "lib" / "clipdepth"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 #: A module over this many lines must say why in its docstring, with this marker phrase.
 MAX_LINES = 500
@@ -181,9 +190,72 @@ def test_no_long_module_without_a_reason() -> None:
                        + ", ".join(f"{n} ({k})" for n, k in sorted(found.items())))
 
 
+def facade_importers(root: Path, facade: str) -> list[str]:
+    """Modules that import names from the facade package itself (``from clipdepth.report import X`` with
+    X not a submodule, ``from clipdepth import report``, ``import clipdepth.report``); importing one of
+    its submodules (``clipdepth.report.session``) is how the package should do it."""
+    mods = modules(root)
+    parent, _, leaf = facade.rpartition(".")
+    found = set()
+    for name, path in mods.items():
+        if name == facade or name.startswith(facade + "."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import) and any(a.name == facade for a in node.names):
+                found.add(name)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                if node.module == facade and any(f"{facade}.{a.name}" not in mods for a in node.names):
+                    found.add(name)
+                if node.module == parent and any(a.name == leaf for a in node.names):
+                    found.add(name)
+    return sorted(found)
+
+
+def lint_imports(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pythonpath)})
+
+
+def test_layer_contracts_fail_on_a_forbidden_import(tmp_path) -> None:
+    """A copy of the package where a model module imports the trainer breaks the first contract."""
+    shutil.copytree(PACKAGE, tmp_path / "lib" / "clipdepth", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    bins = tmp_path / "lib" / "clipdepth" / "model" / "bins.py"
+    late_import = "\n\ndef _trainer():\n    from clipdepth.train import trainer\n\n    return trainer\n"
+    bins.write_text(bins.read_text() + late_import)  # a function-level import counts too
+    out = lint_imports(tmp_path, tmp_path / "lib")
+    assert out.returncode == 1, out.stdout
+    assert "clipdepth.model.bins -> clipdepth.train.trainer" in out.stdout
+
+
+def test_the_layer_contracts_hold() -> None:
+    out = lint_imports(REPO, REPO / "lib")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+def test_the_package_lists_its_jobs_at_the_top() -> None:
+    """At most ten entries under lib/clipdepth besides __init__/__main__: subpackages by job, the
+    vocabulary and the plumbing (underscored)."""
+    entries = sorted(p.name for p in PACKAGE.iterdir()
+                     if p.name not in ("__init__.py", "__main__.py", "__pycache__", "py.typed"))
+    assert len(entries) <= 10, entries
+    assert not [e for e in entries if e.endswith(".py") and not e.startswith("_") and e != "vocab.py"], entries
+
+
+def test_facade_import_is_found(tmp_path) -> None:
+    pkg = _write_package(tmp_path, {
+        "__init__.py": "",
+        "face/__init__.py": "from .inner import x\n",
+        "face/inner.py": "x = 1\n",
+        "good.py": "from toypkg.face.inner import x\nfrom toypkg.face import inner\n",
+        "bad.py": "from toypkg.face import x\n",
+        "worse.py": "from toypkg import face\n",
+    })
+    assert facade_importers(pkg, "toypkg.face") == ["toypkg.bad", "toypkg.worse"]
+
+
 @pytest.mark.parametrize("facade", FACADES)
 def test_nothing_in_the_package_imports_a_facade(facade: str) -> None:
-    graph = import_graph(PACKAGE)
-    assert facade in graph
-    importers = sorted(name for name, targets in graph.items() if facade in targets)
+    importers = facade_importers(PACKAGE, facade)
     assert not importers, f"{facade} only gathers names for notebooks; import the module it re-exports: {importers}"

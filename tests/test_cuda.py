@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from clipdepth.report.provenance import resolve_device
+from clipdepth.model.backbone import resolve_device
 from clipdepth.study.experiments import resolve as resolve_row
 from clipdepth.train.lockstep import RunOptions, run_units
 

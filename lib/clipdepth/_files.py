@@ -1,4 +1,5 @@
-"""Safe writes into folders that several processes share: unique temporaries, renames, locks.
+"""Files: where the repository is (paths in parameters are relative to it), and safe writes into
+folders that several processes share (unique temporaries, renames, locks).
 
 Why one module: results, checkpoints, feature caches and report pages are all written into folders
 that two ``./run_all.sh`` invocations, two notebooks or two Slurm jobs on a network filesystem may use
@@ -33,6 +34,8 @@ from filelock import FileLock, Timeout
 
 __all__ = [
     "LockTimeout",
+    "repo_path",
+    "repo_root",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -179,3 +182,30 @@ def clean_stale_temporaries(folder: str | os.PathLike[str], recursive: bool = Fa
             print(f"removed {path}: left behind by process {owner[1]}, which is no longer running",
                   file=sys.stderr)
     return removed
+
+
+_REPO_MARKERS = ("pyproject.toml", "notebooks")
+
+
+def repo_root() -> Path:
+    """The repository root: the nearest folder above the cwd holding ``pyproject.toml`` and ``notebooks/``.
+
+    Why search from the cwd first: Jupyter, nbval and papermill (``--cwd notebooks``) start kernels in
+    ``notebooks/``, a user may start one at the root; both must find the same ``data/`` and
+    ``reports/``. The package location (an editable install lives in ``lib/``) is the fallback, the
+    cwd the last resort.
+    """
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if all((folder / marker).exists() for marker in _REPO_MARKERS):
+            return folder
+    package_parent = Path(__file__).resolve().parents[2]
+    if all((package_parent / marker).exists() for marker in _REPO_MARKERS):
+        return package_parent
+    return here
+
+
+def repo_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute; relative paths are taken relative to :func:`repo_root`, not the cwd."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else repo_root() / p

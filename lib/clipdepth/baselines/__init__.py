@@ -14,8 +14,8 @@ DepthCLIP (zero-shot) is not here: it is a bin-prompt model, :func:`clipdepth.mo
 from clipdepth.baselines.clip2depth import CLIP2Depth, CLIP2DepthConfig, build_clip2depth, design_choices
 from clipdepth.baselines.fit import FitConfig, FitResult, TrainBatches, fit, probe_loss
 from clipdepth.baselines.llm_mde import LLMMDE, LLMMDEConfig, build_llm_mde, evaluate_normalised, normalised_metrics
-from clipdepth.baselines.published import PUBLISHED, clip2depth_implied_abs_rel, published_table
 from clipdepth.baselines.runner import METHODS, BaselineResult, run_baseline
+from clipdepth.study.reference.baselines import PUBLISHED, clip2depth_implied_abs_rel, published_table
 
 __all__ = [
     "CLIP2Depth",

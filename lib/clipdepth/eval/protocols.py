@@ -18,15 +18,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clipdepth.eval.metrics import average_metrics, compute_metrics, pixel_sums, pooled_metrics
-from clipdepth.train.losses import upsample
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 PROTOCOLS: tuple[str, ...] = ("authors", "depthclip")
 # DepthCLIP's NYU input box (left, top, right, bottom) on the 640 x 480 frame: 544 x 416.
 DEPTHCLIP_BOX = (60, 56, 604, 472)
+
+
+def upsample(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, ``align_corners=True`` -- the resize every stage of the protocol uses."""
+    if tuple(pred.shape[-2:]) == tuple(size):
+        return pred
+    return F.interpolate(pred, size=size, mode="bilinear", align_corners=True)
 
 
 def sanitise(pred: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:

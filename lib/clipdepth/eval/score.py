@@ -73,9 +73,8 @@ from clipdepth.eval._prediction_files import (
     open_predictions,
 )
 from clipdepth.eval.metrics import METRIC_NAMES, average_metrics, compute_metrics, pixel_sums, pooled_metrics
-from clipdepth.eval.protocols import depthclip_box, predict_depthclip_protocol, sanitise
+from clipdepth.eval.protocols import depthclip_box, predict_depthclip_protocol, sanitise, upsample
 from clipdepth.study.reference import TABLES, load_reference
-from clipdepth.train.losses import upsample
 
 __all__ = [
     "BUNDLE_SUFFIXES",
@@ -354,12 +353,12 @@ def published_rows(dataset: str, keys: Sequence[str] = ()) -> tuple[list[dict[st
     ``keys`` are registry experiment names (``t3/nyu/learned-7``) or table ids (``t3``, ``depthclip``:
     that table's rows for ``dataset``); empty: the learned-7 row of Table 3, and DepthCLIP for NYU.
     Rows come from :mod:`clipdepth.study.reference` (per-image averages under the paper's protocol, or
-    DepthCLIP's for its row); notes from :mod:`clipdepth.baselines.published` (relative or
+    DepthCLIP's for its row); notes from :mod:`clipdepth.study.reference.baselines` (relative or
     normalised numbers, never rows).
     """
     # Imported here: the baselines package imports its models (open_clip, transformers), seconds of
     # start-up that every other ``clipdepth score`` run does not need.
-    from clipdepth.baselines.published import PUBLISHED
+    from clipdepth.study.reference.baselines import PUBLISHED
 
     ref = load_reference()
     ref = ref[ref["dataset"] == dataset]

@@ -306,3 +306,12 @@ def _vit_patch_tokens(visual: VisionTransformer, x: torch.Tensor, with_cls: bool
     if visual.proj is not None:
         x = x @ visual.proj
     return x if with_cls else x[:, 1:]
+
+
+def resolve_device(device: str | None) -> str:
+    """``"auto"`` (or None) picks CUDA when visible, else CPU; anything else is returned unchanged."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)

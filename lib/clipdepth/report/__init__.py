@@ -22,9 +22,11 @@ Typical notebook::
 
 from __future__ import annotations
 
+from clipdepth._files import repo_path, repo_root
+from clipdepth.model.backbone import resolve_device
 from clipdepth.report.figures import pick_examples, plot_comparison, plot_qualitative, save_figure
 from clipdepth.report.index_page import write_index
-from clipdepth.report.provenance import environment_info, git_state, repo_path, repo_root, resolve_device, weights_info
+from clipdepth.report.provenance import environment_info, git_state, weights_info
 from clipdepth.report.session import (
     NotebookContext,
     finish_notebook,

@@ -1,4 +1,4 @@
-"""Where a number came from: repository paths, the device, package versions, git state, weights identity.
+"""Where a number came from: package versions, git state, weights identity.
 
 Why a module of its own: every results file records the same provenance (DESIGN.md section 5b), and
 ``./run_all.sh`` (:mod:`clipdepth.run.run_all`) checks the paper profile's weights with the same lookup
@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from clipdepth._files import repo_root
 from clipdepth.model.checkpoints import weights_id
 from clipdepth.study import experiments
 from clipdepth.train import _codeid as codeid
@@ -24,15 +25,9 @@ __all__ = [
     "environment_info",
     "find_cached_weights",
     "git_state",
-    "repo_path",
-    "repo_root",
-    "resolve_device",
     "scoped_environ",
     "weights_info",
 ]
-
-_REPO_MARKERS = ("pyproject.toml", "notebooks")
-
 
 @contextlib.contextmanager
 def scoped_environ(name: str, value: str | None) -> Iterator[None]:
@@ -48,39 +43,6 @@ def scoped_environ(name: str, value: str | None) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
-
-
-def repo_root() -> Path:
-    """The repository root: the nearest folder above the cwd holding ``pyproject.toml`` and ``notebooks/``.
-
-    Why search from the cwd first: Jupyter, nbval and papermill (``--cwd notebooks``) start kernels in
-    ``notebooks/``, a user may start one at the root; both must find the same ``data/`` and
-    ``reports/``. The package location (an editable install lives in ``lib/``) is the fallback, the
-    cwd the last resort.
-    """
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if all((folder / marker).exists() for marker in _REPO_MARKERS):
-            return folder
-    package_parent = Path(__file__).resolve().parents[2]
-    if all((package_parent / marker).exists() for marker in _REPO_MARKERS):
-        return package_parent
-    return here
-
-
-def repo_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` made absolute; relative paths are taken relative to :func:`repo_root`, not the cwd."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else repo_root() / p
-
-
-def resolve_device(device: str | None) -> str:
-    """``"auto"`` (or None) picks CUDA when visible, else CPU; anything else is returned unchanged."""
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 _VERSIONED = (

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipdepth._files import atomic_write_text
+from clipdepth._files import atomic_write_text, repo_path
 from clipdepth.data.base import subset_label
 from clipdepth.eval.metrics import METRIC_NAMES
-from clipdepth.model.backbone import load_clip
-from clipdepth.report.provenance import environment_info, repo_path, resolve_device, weights_info
+from clipdepth.model.backbone import load_clip, resolve_device
+from clipdepth.report.provenance import environment_info, weights_info
 from clipdepth.report.results_files import jsonable, results_csv, results_markdown
 from clipdepth.study import experiments
 from clipdepth.study.comparison import TOLERANCE, as_records, compare_with_paper, no_verdict_note, verdicts_allowed

@@ -24,10 +24,9 @@ from typing import Any
 import torch
 
 from clipdepth._files import atomic_write_json
-from clipdepth.model.backbone import dense_features, load_clip
+from clipdepth.model.backbone import dense_features, load_clip, resolve_device
 from clipdepth.model.factory import learned_prompt_model
 from clipdepth.model.prompt_learner import PromptEncoder, encode_prompts
-from clipdepth.report.provenance import resolve_device
 from clipdepth.study import experiments
 from clipdepth.study.experiments import TrainConfig
 from clipdepth.train.losses import SILogTarget

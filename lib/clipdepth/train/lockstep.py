@@ -44,12 +44,12 @@ import torch
 from tqdm.auto import tqdm
 
 from clipdepth._files import file_lock
-from clipdepth.eval.protocols import EvalResult, Scores, flip_average, sample_tensor
+from clipdepth.eval.protocols import EvalResult, Scores, flip_average, sample_tensor, upsample
 from clipdepth.model.backbone import load_clip, weights_id
 from clipdepth.model.head import BinPromptDepth
 from clipdepth.study.experiments import ResolvedExperiment
 from clipdepth.train._codeid import code_fingerprint
-from clipdepth.train.losses import SILogTarget, upsample
+from clipdepth.train.losses import SILogTarget
 from clipdepth.train.run_files import CHECKPOINT_FORMAT, RunResult, atomic_save
 from clipdepth.train.step import batch_order, bn_buffers, optimiser_steps
 from clipdepth.train.trainer import Trainer, build_model

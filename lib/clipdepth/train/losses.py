@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def upsample(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, ``align_corners=True`` -- the resize every stage of the protocol uses."""
-    if tuple(pred.shape[-2:]) == tuple(size):
-        return pred
-    return F.interpolate(pred, size=size, mode="bilinear", align_corners=True)
+from clipdepth.eval.protocols import upsample
 
 
 def silog_loss(

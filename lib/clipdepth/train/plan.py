@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipdepth.report.provenance import repo_path, resolve_device
+from clipdepth._files import repo_path
+from clipdepth.model.backbone import resolve_device
 from clipdepth.study import experiments
 from clipdepth.study.experiments import Experiment, ResolvedExperiment
 from clipdepth.train.lockstep import RunOptions, Unit, plan

@@ -42,7 +42,7 @@ from clipdepth._files import file_lock
 from clipdepth.data.profile_data import open_split
 from clipdepth.data.transforms import TrainTransform, to_tensor
 from clipdepth.data.validate import validate_once
-from clipdepth.eval.protocols import EvalResult, Scores, evaluate, flip_average
+from clipdepth.eval.protocols import EvalResult, Scores, evaluate, flip_average, upsample
 from clipdepth.model.backbone import load_clip, weights_id
 from clipdepth.model.factory import model_for_experiment
 from clipdepth.model.head import BinPromptDepth
@@ -50,7 +50,7 @@ from clipdepth.study import experiments
 from clipdepth.study.experiments import ResolvedExperiment
 from clipdepth.train._codeid import code_fingerprint, git_state
 from clipdepth.train.feature_cache import CachedFeatures, FeatureCache, FeatureKey, split_fingerprint
-from clipdepth.train.losses import SILogTarget, upsample
+from clipdepth.train.losses import SILogTarget
 from clipdepth.train.run_files import (
     CHECKPOINT_FORMAT,
     DamagedResultWarning,

@@ -24,10 +24,9 @@ import open_clip
 import pandas as pd
 import torch
 
-from clipdepth.model.backbone import dense_features, feature_stride, load_clip
+from clipdepth.model.backbone import dense_features, feature_stride, load_clip, resolve_device
 from clipdepth.model.prompt_learner import PromptEncoder
 from clipdepth.model.towers import backbone_experiments, describe_backbone, image_family
-from clipdepth.report.provenance import resolve_device
 from clipdepth.report.session import NotebookContext, run_rows
 from clipdepth.study.experiments import Experiment
 from clipdepth.train import plan

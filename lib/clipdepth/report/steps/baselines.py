@@ -27,18 +27,19 @@ from typing import Any
 
 import pandas as pd
 
+from clipdepth._files import repo_path
 from clipdepth.baselines.clip2depth import CLIP2DepthConfig
 from clipdepth.baselines.llm_mde import LLMMDEConfig, expected_trainable_parameters
-from clipdepth.baselines.published import PUBLISHED, clip2depth_implied_abs_rel
 from clipdepth.baselines.runner import run_baseline
 from clipdepth.data.profile_data import open_split
 from clipdepth.eval.metrics import METRIC_NAMES
 from clipdepth.eval.protocols import evaluate
+from clipdepth.model.backbone import resolve_device
 from clipdepth.model.factory import depthclip_zero_shot
-from clipdepth.report.provenance import repo_path, resolve_device
 from clipdepth.report.session import NotebookContext, run_rows
 from clipdepth.study import experiments
 from clipdepth.study.reference import reference_for
+from clipdepth.study.reference.baselines import PUBLISHED, clip2depth_implied_abs_rel
 from clipdepth.train import plan
 
 __all__ = [

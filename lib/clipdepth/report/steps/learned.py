@@ -14,9 +14,8 @@ from typing import Any
 import open_clip
 import torch
 
-from clipdepth.model.backbone import weights_id
+from clipdepth.model.backbone import resolve_device, weights_id
 from clipdepth.model.bins import bin_centres
-from clipdepth.report.provenance import resolve_device
 from clipdepth.report.session import NotebookContext, run_rows
 from clipdepth.study.experiments import ResolvedExperiment
 from clipdepth.study.neighbours import TABLE8_ROW, load_prompts

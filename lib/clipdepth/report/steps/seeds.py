@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from clipdepth.model.backbone import resolve_device
 from clipdepth.model.factory import model_for_experiment
 from clipdepth.model.prompt_learner import TOKEN_INIT_STD, token_distance
-from clipdepth.report.provenance import resolve_device
 from clipdepth.report.session import NotebookContext, verdicts_for
 from clipdepth.study import experiments
 from clipdepth.study.seeds import NA_DEMO
