@@ -8,11 +8,12 @@ is the same wiring for every caller, so it lives here and the notebook stays a p
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import open_clip
 import torch
+
+from clipdepth.vocab import is_weights_file
 
 from .backbone import feature_stride, load_clip, text_width
 from .experiments import Experiment, get, variant
@@ -59,8 +60,7 @@ def backbone_experiments(
             raise ValueError(f"archs entries must be (architecture, pretrained tag) pairs, got {pair!r}")
         arch, tag = pair
         family = image_family(arch)
-        is_path = tag is not None and (os.sep in str(tag) or os.path.splitext(str(tag))[1] != "")
-        if tag is not None and not is_path and tag not in open_clip.list_pretrained_tags_by_model(arch):
+        if tag is not None and not is_weights_file(tag) and tag not in open_clip.list_pretrained_tags_by_model(arch):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
             raise ValueError(f"{tag!r} is not a pretrained tag of {arch} (tags: {tags}) nor a file path")
         mode = base.dense_mode if base.dense_mode in FAMILY_DENSE_MODES[family] else "depthclip"

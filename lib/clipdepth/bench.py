@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from clipdepth.vocab import DATASETS
+
 from . import experiments
 from .atomic import atomic_write_json
 from .backbone import dense_features, load_clip
@@ -316,7 +318,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    datasets = ["nyu", "kitti"] if args.dataset == "both" else [args.dataset]
+    datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
@@ -338,7 +340,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("bench", help="time lockstep vs separate faithful training, cached mode, context")
-    parser.add_argument("--dataset", choices=["nyu", "kitti", "both"], default="nyu")
+    parser.add_argument("--dataset", choices=[*DATASETS, "both"], default="nyu")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when visible; default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

@@ -40,24 +40,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from clipdepth.vocab import is_weights_file
+
 from .atomic import LockTimeout, atomic_write_json, file_lock
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES",
     "EXPECTED_FORMATS",
     "CheckpointError",
     "WeightsUnavailableError",
     "checkpoint_format",
     "file_sha256",
-    "looks_like_file",
     "quiet_logging",
     "read_state_dict",
     "weights_id",
     "weights_id_cache_path",
 ]
-
-#: File name endings that mark ``weights`` as a path rather than an open_clip tag (as does a separator).
-CHECKPOINT_SUFFIXES: frozenset[str] = frozenset({".pt", ".pth", ".bin", ".safetensors", ".ckpt"})
 
 #: What a weights file may be; quoted in every "not a checkpoint" message.
 EXPECTED_FORMATS = "an OpenAI TorchScript archive, an open_clip .bin/.safetensors or a state dict"
@@ -79,14 +76,6 @@ class CheckpointError(WeightsUnavailableError, ValueError):
     Both a :class:`WeightsUnavailableError` (callers that catch "no usable weights" keep working) and a
     ``ValueError`` (it is bad input). The message is one line starting with the file's path.
     """
-
-
-def looks_like_file(weights: str | os.PathLike[str]) -> bool:
-    """Whether ``weights`` means a local file (an existing file, a checkpoint suffix, or a path
-    separator) rather than an open_clip pretrained tag such as ``"openai"``."""
-    text = str(weights)
-    path = Path(text).expanduser()
-    return path.is_file() or path.suffix in CHECKPOINT_SUFFIXES or os.sep in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +370,7 @@ def weights_id(weights: str | os.PathLike[str] | None, seed: int = 0) -> str:
     """
     if weights is None:
         return f"random:{seed}"
-    if not looks_like_file(weights):
+    if not is_weights_file(weights):
         return f"tag:{weights}"
     path = Path(weights).expanduser()
     if not path.is_file():

@@ -58,6 +58,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from clipdepth.vocab import BIN_KINDS, DATASET_RANGES, DATASETS, TEMPLATE_CONTEXT_TOKENS, TEMPLATES, Dataset
+
 __all__ = [
     "BIN_KINDS",
     "DATASETS",
@@ -87,13 +89,6 @@ __all__ = [
     "variant",
 ]
 
-Dataset = Literal["nyu", "kitti"]
-
-DATASETS: tuple[str, ...] = ("nyu", "kitti")
-
-#: Evaluation/bin range per dataset, metres ([PAPER] section 4.2; configs' min_depth/max_depth).
-DATASET_RANGES: dict[str, tuple[float, float]] = {"nyu": (0.001, 10.0), "kitti": (0.001, 80.0)}
-
 #: Word sets (the depth-slot filler). Human words, random controls and learned tokens; the strings
 #: themselves live in :mod:`clipdepth.prompts`. ``learned-<N>`` and ``random-<N>`` are accepted for
 #: any N >= 1.
@@ -108,18 +103,6 @@ WORD_SETS: tuple[str, ...] = (
     "learned-20",
     "learned-256",
 )
-
-#: Templates. ``baseline`` = "This object appears to be {depth}", ``depthclip`` = "This object is
-#: {depth}"; ``xoyd`` = x learned context tokens, "object", y learned tokens, then the depth token.
-TEMPLATES: tuple[str, ...] = ("baseline", "depthclip", "1o1d", "1o2d", "4o4d")
-
-#: Learnable context tokens each template adds (shared by all bin prompts).
-TEMPLATE_CONTEXT_TOKENS: dict[str, int] = {"baseline": 0, "depthclip": 0, "1o1d": 2, "1o2d": 3, "4o4d": 8}
-
-#: Bin-centre kinds: uniform or log-uniform midpoints over [min, max]; ``const80-log`` is log-uniform
-#: over a fixed [0.001, 80] m whatever the dataset (for KITTI it equals ``log``); ``depthclip`` is
-#: DepthCLIP's fixed list 1.00 1.50 2.00 2.25 2.50 2.75 3.00 m.
-BIN_KINDS: tuple[str, ...] = ("even", "log", "const80-log", "depthclip")
 
 _LEARNED_RE = re.compile(r"^learned-([1-9]\d*)$")
 _SIZED_RE = re.compile(r"^(?:learned|random)-([1-9]\d*)$")

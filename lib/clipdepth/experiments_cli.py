@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipdepth.vocab import DATASETS
+
 from .authors_configs import format_authors_match, from_authors
-from .experiments import DATASETS, UnknownExperimentError, describe, format_table, select
+from .experiments import UnknownExperimentError, describe, format_table, select
 
 __all__ = ["add_parser"]
 

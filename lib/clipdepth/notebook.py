@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipdepth.vocab import DATASETS
+
 from . import experiments, plan
 from .atomic import atomic_write_text
 from .backbone import load_clip
@@ -101,12 +103,12 @@ class NotebookContext:
     @property
     def datasets(self) -> list[str]:
         """The datasets asked for (parameter ``datasets``, default both), validated."""
-        wanted = self.params.get("datasets") or list(experiments.DATASETS)
+        wanted = self.params.get("datasets") or list(DATASETS)
         if isinstance(wanted, str):
             wanted = [wanted]
-        bad = [d for d in wanted if d not in experiments.DATASETS]
+        bad = [d for d in wanted if d not in DATASETS]
         if bad:
-            raise ValueError(f"unknown dataset(s) {bad}; valid: {', '.join(experiments.DATASETS)}")
+            raise ValueError(f"unknown dataset(s) {bad}; valid: {', '.join(DATASETS)}")
         return list(wanted)
 
     def experiment_names(self, table: str | int) -> list[str]:

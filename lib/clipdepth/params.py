@@ -22,21 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipdepth.vocab import ARCHS, DATASETS, is_weights_file
+
 __all__ = [
-    "CHECKPOINT_SUFFIXES",
-    "DATASETS",
     "PARAMETERS",
     "Param",
     "ParameterError",
     "check_parameter",
     "cuda_device_count",
-    "looks_like_file",
 ]
-
-#: File suffixes that make a ``weights`` value a checkpoint path rather than an open_clip tag.
-CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".safetensors", ".ckpt"})
-DATASETS = ("nyu", "kitti")
-ARCHS = ("RN50-quickgelu", "RN101-quickgelu", "ViT-B-32-quickgelu", "ViT-B-16")  # backbone.SUPPORTED_ARCHS
 
 
 class ParameterError(ValueError):
@@ -151,12 +145,6 @@ def _absolute(value: str | os.PathLike[str], base: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
-def looks_like_file(value: str) -> bool:
-    """Whether a ``weights`` value names a file (a checkpoint suffix, a path separator, ``~`` or ``.``)."""
-    return (Path(value).suffix in CHECKPOINT_SUFFIXES or os.sep in value or "/" in value
-            or value.startswith(("~", ".")))
-
-
 def _weights() -> Param:
     def check(value: Any, base: Path) -> Any:
         if value is None:
@@ -164,7 +152,7 @@ def _weights() -> Param:
         if not isinstance(value, str) or not value:
             raise _Reject()
         candidate = _absolute(value, base)
-        if looks_like_file(value) or candidate.is_file():
+        if is_weights_file(value, base):
             if not candidate.is_file():
                 raise _Reject(f"file {candidate} does not exist")
             return str(candidate)
@@ -196,7 +184,7 @@ def _backbones() -> Param:
             if not isinstance(tag, str) or not tag:
                 raise _Reject(f"the tag of {arch} must be a string or None, got {tag!r}")
             candidate = _absolute(tag, base)
-            if looks_like_file(tag) or candidate.is_file():
+            if is_weights_file(tag, base):
                 if not candidate.is_file():
                     raise _Reject(f"file {candidate} does not exist")
                 out.append([arch, str(candidate)])

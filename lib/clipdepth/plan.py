@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clipdepth.vocab import DATASETS
+
 from . import experiments
 from .experiments import Experiment, ResolvedExperiment
 from .lockstep import RunOptions, Unit, plan
@@ -121,7 +123,7 @@ def spec_names(specs: Iterable[RowSpec], profile: str, params: Mapping[str, Any]
 def notebook_rows(notebook: str, params: Mapping[str, Any], profile: str) -> list[ResolvedExperiment]:
     """The rows a table notebook runs (:data:`NOTEBOOK_TABLES`) for its ``datasets`` and seeds."""
     tables = NOTEBOOK_TABLES.get(notebook, ())
-    datasets = params.get("datasets") or list(experiments.DATASETS)
+    datasets = params.get("datasets") or list(DATASETS)
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     names = [e.name for t in tables for d in datasets for e in experiments.select(table=t, dataset=d)]
     return resolve_rows(names, profile, params)

@@ -25,6 +25,8 @@ import open_clip
 import torch
 from torch import nn
 
+from clipdepth.vocab import TEMPLATES
+
 from .text_towers import (
     PromptGroup,
     PromptTokenizer,
@@ -96,14 +98,6 @@ WORD_LISTS: dict[str, tuple[str, ...]] = {
 }
 VECTOR_SETS: tuple[str, ...] = ("random", "learned")  # used as "random-N" / "learned-N"
 
-# Each "{ctx}" is its own learnable context token, shared by all bins (paper section 3.3).
-TEMPLATES: dict[str, str] = {
-    "baseline": "This {object} appears to be {depth}",  # the code has no trailing period
-    "depthclip": "This {object} is {depth}",
-    "1o1d": "{ctx} {object} {ctx} {depth}",
-    "1o2d": "{ctx} {object} {ctx} {ctx} {depth}",
-    "4o4d": "{ctx} {ctx} {ctx} {ctx} {object} {ctx} {ctx} {ctx} {ctx} {depth}",
-}
 #: Public token names (``set_tokens``/``load_tokens``) -> the attribute holding them. ``depth`` is the
 #: learned ``depth_tokens`` parameter for learned-N and the frozen ``random_tokens`` buffer for random-N.
 TOKEN_NAMES: tuple[str, ...] = ("ctx", "depth", "object")

@@ -55,9 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipdepth.vocab import DATASETS, is_weights_file
+
 from .atomic import LockTimeout, atomic_write_text, file_lock
 from .executors import ExecutorError, add_executor_arguments, options_from_args, run_units
-from .params import PARAMETERS, ParameterError, check_parameter, looks_like_file
+from .params import PARAMETERS, ParameterError, check_parameter
 from .plan import describe_plan, plan_lines, plan_notebooks
 from .provenance import environment_info, find_cached_weights
 
@@ -353,7 +355,7 @@ def check_paper_prerequisites(
                                   decoded=decoded)
     effective = weights if weights is not None else PROFILES["paper"].weights
     path = Path(str(effective)).expanduser()
-    if looks_like_file(str(effective)):
+    if is_weights_file(effective):
         if not path.is_file():
             missing.append(Missing(f"CLIP weights file {path} does not exist",
                                    "pass a local RN50 checkpoint with -p weights PATH: OpenAI's RN50.pt (TorchScript, "
@@ -677,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for job in jobs:
             d = {**defaults[job.name], **job.parameters}
             # a notebook without a datasets parameter is assumed to need what the user asked the others for
-            datasets = d.get("datasets") or overrides.get("datasets") or ["nyu", "kitti"]
+            datasets = d.get("datasets") or overrides.get("datasets") or list(DATASETS)
             datasets = [datasets] if isinstance(datasets, str) else list(datasets)
             key = (tuple(datasets), str(d.get("data_dir", "data")), str(d.get("weights")), d.get("subset"))
             if key in seen:

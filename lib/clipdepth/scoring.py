@@ -58,6 +58,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clipdepth.vocab import DATASETS
+
 from .atomic import atomic_write_json, atomic_write_text
 from .data import KITTIEigen, NYUDepthV2, get_spec, kb_crop
 from .data.base import ListDataset
@@ -261,8 +263,8 @@ def score_predictions(
 
     Raises :class:`ScoreError` listing every problem found (status 1 for data, 2 for arguments).
     """
-    if dataset not in ("nyu", "kitti"):
-        raise ScoreError(f"unknown dataset {dataset!r}; valid: nyu, kitti", status=2)
+    if dataset not in DATASETS:
+        raise ScoreError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}", status=2)
     spec = get_spec(dataset)
     proto = get_protocol(protocol or spec.eval_crop, dataset)
     min_depth = spec.min_depth if min_depth is None else float(min_depth)
@@ -450,7 +452,7 @@ def add_parser(subparsers) -> None:
         "protocol, with per-image and pixel-pooled averages (see clipdepth.scoring, clipdepth.prediction_files).",
     )
     p.add_argument("predictions", help="folder of per-image .npy/.npz/.png files, or one .h5/.npz with all")
-    p.add_argument("--dataset", choices=["nyu", "kitti"], required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True)
     p.add_argument("--root", required=True, help="NYU: the nyu_depth_v2 folder; KITTI: the raw-data root")
     p.add_argument("--depth-root", help="KITTI annotated depth (default ROOT/data_depth_annotated)")
     p.add_argument("--split-file", help="test list (default: found as the readers do)")

@@ -1,0 +1,74 @@
+"""The study's words, defined once: datasets, templates, bin kinds, architectures, weights files.
+
+Why a module: the registry, the prompt learner, the parameter checker, the scorer and the console
+all validate the same names; when each kept its own copy they drifted (a template added in one place
+but not another, three rules for "is this weights value a file?"). Everything imports them from here.
+It imports neither torch nor open_clip, so checking a parameter or listing the registry stays
+instant. In the subpackage layout it is a top-level module: every job reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, get_args
+
+__all__ = [
+    "ARCHS",
+    "BIN_KINDS",
+    "CHECKPOINT_SUFFIXES",
+    "DATASETS",
+    "DATASET_RANGES",
+    "Dataset",
+    "TEMPLATES",
+    "TEMPLATE_CONTEXT_TOKENS",
+    "is_weights_file",
+]
+
+Dataset = Literal["nyu", "kitti"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
+
+#: Evaluation/bin range per dataset, metres ([PAPER] section 4.2; configs' min_depth/max_depth).
+DATASET_RANGES: dict[str, tuple[float, float]] = {"nyu": (0.001, 10.0), "kitti": (0.001, 80.0)}
+
+#: Prompt templates. ``baseline`` is the authors' (their code has no trailing period), ``depthclip``
+#: DepthCLIP's; ``xoyd`` = x learned context tokens, "object", y learned tokens, then the depth token.
+#: Each ``{ctx}`` is its own learnable context token, shared by all bin prompts (paper section 3.3).
+TEMPLATES: dict[str, str] = {
+    "baseline": "This {object} appears to be {depth}",
+    "depthclip": "This {object} is {depth}",
+    "1o1d": "{ctx} {object} {ctx} {depth}",
+    "1o2d": "{ctx} {object} {ctx} {ctx} {depth}",
+    "4o4d": "{ctx} {ctx} {ctx} {ctx} {object} {ctx} {ctx} {ctx} {ctx} {depth}",
+}
+
+#: Learnable context tokens each template adds, counted from the template itself.
+TEMPLATE_CONTEXT_TOKENS: dict[str, int] = {name: text.count("{ctx}") for name, text in TEMPLATES.items()}
+
+#: Bin-centre kinds: uniform or log-uniform midpoints over [min, max]; ``const80-log`` is log-uniform
+#: over a fixed [min, 80] m whatever the dataset (for KITTI it equals ``log``); ``depthclip`` is
+#: DepthCLIP's fixed list 1.00 1.50 2.00 2.25 2.50 2.75 3.00 m.
+BIN_KINDS: tuple[str, ...] = ("even", "log", "const80-log", "depthclip")
+
+#: The open_clip architectures the paper-table rows use and the tests cover end to end (any other
+#: ``open_clip.list_models()`` name is accepted where a backbone sweep asks for it).
+ARCHS: tuple[str, ...] = ("RN50-quickgelu", "RN101-quickgelu", "ViT-B-32-quickgelu", "ViT-B-16")
+
+#: File name endings that mark a ``weights`` value as a checkpoint path rather than an open_clip tag.
+CHECKPOINT_SUFFIXES: frozenset[str] = frozenset({".pt", ".pth", ".bin", ".safetensors", ".ckpt"})
+
+
+def is_weights_file(value: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> bool:
+    """Whether a ``weights`` value names a local file rather than an open_clip pretrained tag.
+
+    A file: a checkpoint suffix, a path separator, a leading ``~`` or ``.``, or an existing file
+    (relative paths from ``base``, default the working directory). No open_clip tag has any of these
+    (tags are words like ``openai`` or ``laion2b_s34b_b79k``), so a misspelt path is reported as a
+    missing file, never looked up as a tag.
+    """
+    text = str(value)
+    path = Path(text).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    return (Path(text).suffix in CHECKPOINT_SUFFIXES or "/" in text or os.sep in text
+            or text.startswith(("~", ".")) or path.is_file())

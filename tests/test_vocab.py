@@ -1,0 +1,64 @@
+"""The vocabulary module: torch-free, defined once, and one rule for "is this weights value a file?"."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipdepth import vocab
+from clipdepth.vocab import TEMPLATE_CONTEXT_TOKENS, is_weights_file
+
+LIB = Path(vocab.__file__).resolve().parent
+
+
+def test_importing_vocab_does_not_import_torch() -> None:
+    code = ("import sys, clipdepth.vocab; heavy = [m for m in ('torch', 'open_clip', 'numpy', 'pandas') "
+            "if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_context_tokens_are_counted_from_the_templates() -> None:
+    # by hand: "{ctx} {object} {ctx} {depth}" has two, 4o4d four before and four after "object"
+    assert TEMPLATE_CONTEXT_TOKENS == {"baseline": 0, "depthclip": 0, "1o1d": 2, "1o2d": 3, "4o4d": 8}
+
+
+def test_each_word_is_defined_once() -> None:
+    """No module outside vocab assigns a vocabulary name (a re-export by import is fine)."""
+    names = set(vocab.__all__) | {"SUPPORTED_ARCHS", "looks_like_file"}
+    found = []
+    for path in LIB.rglob("*.py"):
+        if path.name == "vocab.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (node.targets if isinstance(node, ast.Assign) else [node.target]
+                       if isinstance(node, ast.AnnAssign) else [])
+            found += [f"{path.name}: {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in names]
+            if isinstance(node, ast.FunctionDef) and node.name in names:
+                found.append(f"{path.name}: def {node.name}")
+    assert found == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("openai", False),
+    ("laion2b_s34b_b79k", False),
+    ("RN50.pt", True),
+    ("open_clip_model.safetensors", True),
+    ("weights/RN50", True),
+    ("~/RN50", True),
+    ("./RN50", True),
+])
+def test_is_weights_file(value: str, expected: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert is_weights_file(value) is expected
+
+
+def test_an_existing_file_without_suffix_is_a_file_relative_to_base(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "openai").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path.parent)
+    assert is_weights_file("openai", base=tmp_path)
+    assert not is_weights_file("openai")
