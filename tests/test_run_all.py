@@ -96,7 +96,7 @@ def test_bad_arguments_fail_before_running(tmp_path: Path, args: list[str], mess
 def test_paper_profile_without_data_stops_fast_listing_what_is_missing(tmp_path: Path) -> None:
     home = tmp_path / "home"  # empty caches: no split lists, no open_clip weights
     home.mkdir()
-    env = {"HOME": str(home), "HF_HOME": str(home / "hf"), "CLIPDEPTH_CACHE": str(home / "clipdepth"),
+    env = {"HOME": str(home), "HF_HOME": str(home / "hf"), "CLIPDEPTH_CACHE_DIR": str(home / "clipdepth"),
            "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     proc = _run(["--profile", "paper", "-p", "data_dir", str(tmp_path / "nodata"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clipdepth import vocab
-from clipdepth.vocab import TEMPLATE_CONTEXT_TOKENS, is_weights_file
+from clipdepth.vocab import TEMPLATE_CONTEXT_TOKENS, cache_dir, is_weights_file
 
 LIB = Path(vocab.__file__).resolve().parent
 
@@ -29,7 +29,7 @@ def test_context_tokens_are_counted_from_the_templates() -> None:
 
 def test_each_word_is_defined_once() -> None:
     """No module outside vocab assigns a vocabulary name (a re-export by import is fine)."""
-    names = set(vocab.__all__) | {"SUPPORTED_ARCHS", "looks_like_file"}
+    names = (set(vocab.__all__) - {"cache_dir"}) | {"SUPPORTED_ARCHS", "looks_like_file"}  # cache_dir: a common local
     found = []
     for path in LIB.rglob("*.py"):
         if path.name == "vocab.py":
@@ -62,3 +62,19 @@ def test_an_existing_file_without_suffix_is_a_file_relative_to_base(tmp_path: Pa
     monkeypatch.chdir(tmp_path.parent)
     assert is_weights_file("openai", base=tmp_path)
     assert not is_weights_file("openai")
+
+
+def test_one_cache_folder_and_the_old_name_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdepth.checkpoints import weights_id_cache_path
+    from clipdepth.data.splits import cache_dir as splits_dir
+
+    monkeypatch.setenv("CLIPDEPTH_CACHE_DIR", str(tmp_path / "new"))
+    monkeypatch.setenv("CLIPDEPTH_CACHE", str(tmp_path / "old"))
+    assert splits_dir() == tmp_path / "new" / "splits"
+    assert weights_id_cache_path() == tmp_path / "new" / "weights_ids.json"
+    monkeypatch.delenv("CLIPDEPTH_CACHE_DIR")
+    with pytest.warns(FutureWarning, match=r"\$CLIPDEPTH_CACHE is deprecated: set \$CLIPDEPTH_CACHE_DIR"):
+        assert cache_dir() == tmp_path / "old"
+    monkeypatch.delenv("CLIPDEPTH_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "clipdepth"

@@ -40,7 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from clipdepth.vocab import is_weights_file
+from clipdepth.vocab import cache_dir, is_weights_file
 
 from .atomic import LockTimeout, atomic_write_json, file_lock
 
@@ -309,9 +309,7 @@ _MEMO: dict[tuple[str, int, int, int], str] = {}
 def weights_id_cache_path() -> Path:
     """Where file hashes are remembered between processes: ``$CLIPDEPTH_CACHE_DIR/weights_ids.json``,
     else ``~/.cache/clipdepth/weights_ids.json``."""
-    root = os.environ.get("CLIPDEPTH_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path("~/.cache/clipdepth").expanduser()
-    return base / "weights_ids.json"
+    return cache_dir() / "weights_ids.json"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

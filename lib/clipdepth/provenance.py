@@ -54,8 +54,8 @@ def repo_root() -> Path:
 
     Why search from the cwd first: Jupyter, nbval and papermill (``--cwd notebooks``) start kernels in
     ``notebooks/``, a user may start one at the root; both must find the same ``data/`` and
-    ``reports/``. The package location (an editable install lives in ``lib/``) is the fallback, the
-    cwd the last resort.
+    ``reports/``; ``run_all`` runs the notebooks of the checkout found here. The package location (an
+    editable install lives in ``lib/``) is the fallback, the cwd the last resort.
     """
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):

@@ -61,7 +61,7 @@ from .atomic import LockTimeout, atomic_write_text, file_lock
 from .executors import ExecutorError, add_executor_arguments, options_from_args, run_units
 from .params import PARAMETERS, ParameterError, check_parameter
 from .plan import describe_plan, plan_lines, plan_notebooks
-from .provenance import environment_info, find_cached_weights
+from .provenance import environment_info, find_cached_weights, repo_root
 
 __all__ = [
     "NOTEBOOK_GLOB",
@@ -97,15 +97,6 @@ class NotebookParameterError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Notebooks and their parameters
 # ---------------------------------------------------------------------------------------------
-
-
-def repo_root() -> Path:
-    """The checkout to run: the cwd when it is one (``run_all.sh`` changes into its own folder), else
-    the checkout this module is installed from in editable mode, else the cwd."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (candidate / "notebooks").is_dir() and (candidate / "pyproject.toml").is_file():
-            return candidate.resolve()
-    return Path.cwd()
 
 
 def caller_dir() -> Path:

@@ -4,12 +4,14 @@ Why a module: the registry, the prompt learner, the parameter checker, the score
 all validate the same names; when each kept its own copy they drifted (a template added in one place
 but not another, three rules for "is this weights value a file?"). Everything imports them from here.
 It imports neither torch nor open_clip, so checking a parameter or listing the registry stays
-instant. In the subpackage layout it is a top-level module: every job reads it.
+instant. The cache folder's one variable, ``$CLIPDEPTH_CACHE_DIR``, is named here too
+(:func:`cache_dir`). In the subpackage layout it is a top-level module: every job reads it.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -22,6 +24,7 @@ __all__ = [
     "Dataset",
     "TEMPLATES",
     "TEMPLATE_CONTEXT_TOKENS",
+    "cache_dir",
     "is_weights_file",
 ]
 
@@ -72,3 +75,18 @@ def is_weights_file(value: str | os.PathLike[str], base: str | os.PathLike[str] 
         path = Path(base) / path
     return (Path(text).suffix in CHECKPOINT_SUFFIXES or "/" in text or os.sep in text
             or text.startswith(("~", ".")) or path.is_file())
+
+
+def cache_dir() -> Path:
+    """The clipdepth cache folder (split lists in ``splits/``, weights hashes in ``weights_ids.json``):
+    ``$CLIPDEPTH_CACHE_DIR``, else ``~/.cache/clipdepth``.
+
+    ``$CLIPDEPTH_CACHE``, the split lists' own name for the same folder until both caches shared one,
+    is still read for one release, with a FutureWarning, so a setting made for it is not silently ignored.
+    """
+    value = os.environ.get("CLIPDEPTH_CACHE_DIR")
+    if not value and os.environ.get("CLIPDEPTH_CACHE"):
+        warnings.warn("$CLIPDEPTH_CACHE is deprecated: set $CLIPDEPTH_CACHE_DIR (the same folder)", FutureWarning,
+                      stacklevel=2)
+        value = os.environ["CLIPDEPTH_CACHE"]
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "clipdepth"
