@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from clipdepth import experiments, plan, runall
+from clipdepth import experiments, params, plan, runall
 from clipdepth.metrics import METRIC_NAMES
 from clipdepth.reference import reference_for
 
@@ -40,15 +40,22 @@ def test_parse_value(text: str, value) -> None:
     assert runall.parse_value(text) == value
 
 
-def test_coerce_checks_types_against_defaults() -> None:
-    assert runall._coerce("datasets", "nyu,kitti", ["nyu"]) == ["nyu", "kitti"]
-    assert runall._coerce("epochs", 2, None) == 2
-    assert runall._coerce("lr", 1, 0.5) == 1.0
-    assert runall._coerce("device", "cuda", "cpu") == "cuda"
-    with pytest.raises(ValueError, match="'seed' expects int"):
-        runall._coerce("seed", "abc", 42)
-    with pytest.raises(ValueError, match="true/false"):
-        runall._coerce("force", 1, False)
+def test_undeclared_parameters_are_checked_against_their_notebook_default() -> None:
+    defaults = {"sets": ["nyu"], "n": None, "lr": 0.5, "mode": "cpu", "k": 42, "flag": False}
+
+    def check(name: str, value):
+        return params.check_parameter(name, value, "/tmp", defaults)
+
+    assert (check("sets", "nyu,kitti"), check("n", 2), check("lr", 1), check("mode", "x")) == (
+        ["nyu", "kitti"], 2, 1.0, "x")
+    assert check("not_a_parameter", "abc") == "abc"
+    with pytest.raises(params.ParameterError, match=r"^parameter 'k': 'abc' is not allowed; allowed: a int value like "
+                       r"its default 42$"):
+        check("k", "abc")
+    with pytest.raises(params.ParameterError, match=r"allowed: true or false$"):
+        check("flag", 1)
+    with pytest.raises(params.ParameterError, match="'k': True is not allowed"):
+        check("k", True)
 
 
 def test_select_notebooks_by_name_prefix_or_part() -> None:

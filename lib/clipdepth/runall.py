@@ -181,31 +181,6 @@ def parse_value(text: str) -> Any:
             return text
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the notebook default's type; a bare string for a list becomes a list."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"parameter {name!r} expects true/false, got {value!r}")
-    if isinstance(default, (list, tuple)):
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ValueError(f"parameter {name!r} expects a list such as {json.dumps(default)}, got {value!r}")
-    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
-        return value
-    if isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(default, str) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, type(default)):
-        return value
-    raise ValueError(f"parameter {name!r} expects {type(default).__name__} like {default!r}, got {value!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Paper-profile prerequisites
 # ---------------------------------------------------------------------------------------------
@@ -640,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 params[name] = value  # checked against its declaration above
             elif name in nb_defaults:
                 try:
-                    params[name] = _coerce(name, value, nb_defaults[name])
+                    params[name] = check_parameter(name, value, caller, nb_defaults)
                 except ValueError as exc:
                     return fail(f"{nb.stem}: {exc}")
         if "profile" in nb_defaults:
