@@ -58,7 +58,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from clipdepth.vocab import BIN_KINDS, DATASET_RANGES, DATASETS, TEMPLATE_CONTEXT_TOKENS, TEMPLATES, Dataset
+from clipdepth.vocab import (
+    BIN_KINDS,
+    DATASET_RANGES,
+    DATASETS,
+    TEMPLATE_CONTEXT_TOKENS,
+    TEMPLATES,
+    Dataset,
+    parse_depth_words,
+)
 
 __all__ = [
     "BIN_KINDS",
@@ -70,7 +78,6 @@ __all__ = [
     "REGISTRY_COLUMNS",
     "TEMPLATES",
     "TEMPLATE_CONTEXT_TOKENS",
-    "WORD_SETS",
     "DatasetSetup",
     "Experiment",
     "Profile",
@@ -89,35 +96,8 @@ __all__ = [
     "variant",
 ]
 
-#: Word sets (the depth-slot filler). Human words, random controls and learned tokens; the strings
-#: themselves live in :mod:`clipdepth.prompts`. ``learned-<N>`` and ``random-<N>`` are accepted for
-#: any N >= 1.
-WORD_SETS: tuple[str, ...] = (
-    "depth-7",
-    "size-7",
-    "colour-7",
-    "rand-txt-7",
-    "depthclip-7",
-    "random-7",
-    "learned-7",
-    "learned-20",
-    "learned-256",
-)
-
-_LEARNED_RE = re.compile(r"^learned-([1-9]\d*)$")
-_SIZED_RE = re.compile(r"^(?:learned|random)-([1-9]\d*)$")
 _NAME_FIELDS = ("name", "table", "row_label")  # identity, not method: excluded from config_hash
 _MULTIPLE = 32  # RN50 output stride: input sizes must divide into whole feature cells
-
-
-def word_set_size(words: str) -> int:
-    """Number of depth words (= bins) a word set provides; learned-N gives N."""
-    match = _SIZED_RE.match(words)
-    if match:
-        return int(match.group(1))
-    if words in WORD_SETS:
-        return 7
-    raise ValueError(f"unknown word set {words!r}; valid: {', '.join(WORD_SETS)}, learned-<N> or random-<N>")
 
 
 @dataclass(frozen=True)
@@ -205,9 +185,9 @@ class Experiment:
             raise ValueError(f"unknown template {self.template!r}; valid: {', '.join(TEMPLATES)}")
         if self.bins not in BIN_KINDS:
             raise ValueError(f"unknown bin kind {self.bins!r}; valid: {', '.join(BIN_KINDS)}")
-        if word_set_size(self.words) != self.n_bins:
+        if parse_depth_words(self.words).n != self.n_bins:
             raise ValueError(
-                f"{self.name}: word set {self.words!r} has {word_set_size(self.words)} words "
+                f"{self.name}: word set {self.words!r} has {parse_depth_words(self.words).n} words "
                 f"but n_bins={self.n_bins}"
             )
         if self.bins == "depthclip" and self.n_bins != 7:
@@ -236,7 +216,7 @@ class Experiment:
     @property
     def learned_depth(self) -> bool:
         """Whether the depth slot holds learnable vectors (learned-N)."""
-        return bool(_LEARNED_RE.match(self.words))
+        return parse_depth_words(self.words).kind == "learned"
 
     @property
     def n_trainable_tokens(self) -> int:

@@ -1,4 +1,4 @@
-"""The study's words, defined once: datasets, templates, bin kinds, architectures, weights files.
+"""The study's words, defined once: datasets, templates, word sets, bin kinds, architectures, weights.
 
 Why a module: the registry, the prompt learner, the parameter checker, the scorer and the console
 all validate the same names; when each kept its own copy they drifted (a template added in one place
@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = [
-    "ARCHS",
-    "BIN_KINDS",
-    "CHECKPOINT_SUFFIXES",
-    "DATASETS",
-    "DATASET_RANGES",
-    "Dataset",
-    "TEMPLATES",
-    "TEMPLATE_CONTEXT_TOKENS",
-    "cache_dir",
-    "is_weights_file",
-]
+__all__ = ["ARCHS", "BIN_KINDS", "CHECKPOINT_SUFFIXES", "DATASETS", "DATASET_RANGES", "Dataset", "DepthWords",
+           "TEMPLATES", "TEMPLATE_CONTEXT_TOKENS", "VECTOR_SETS", "WORD_LISTS", "cache_dir", "is_weights_file",
+           "parse_depth_words"]
 
 Dataset = Literal["nyu", "kitti"]
 DATASETS: tuple[str, ...] = get_args(Dataset)
@@ -47,6 +39,43 @@ TEMPLATES: dict[str, str] = {
 
 #: Learnable context tokens each template adds, counted from the template itself.
 TEMPLATE_CONTEXT_TOKENS: dict[str, int] = {name: text.count("{ctx}") for name, text in TEMPLATES.items()}
+
+#: Word sets that fill the depth slot with words, bin 0 (nearest) to bin N-1 (farthest); exact strings
+#: of the paper's Table 2 / the authors' code and of DepthCLIP's monoclip.py.
+WORD_LISTS: dict[str, tuple[str, ...]] = {
+    "depth-7": ("very close", "close", "slightly close", "neither close nor distant", "slightly distant",
+                "distant", "very distant"),
+    "size-7": ("very small", "small", "slightly small", "neither small nor large", "slightly large",
+               "large", "very large"),
+    "colour-7": ("very red", "red", "slightly red", "neither red nor green", "slightly green", "green",
+                 "very green"),
+    "rand-txt-7": ("summer", "inian", "fellow", "greg", "bis", "ksh", "aidan"),
+    "depthclip-7": ("giant", "extremely close", "close", "not in distance", "a little remote", "far",
+                    "unseen"),
+}
+#: Vector word sets, used as ``random-N`` (frozen random vectors) and ``learned-N`` (learnable), N >= 1.
+VECTOR_SETS: tuple[str, ...] = ("random", "learned")
+
+
+@dataclass(frozen=True)
+class DepthWords:
+    """What fills the depth slot: fixed words, frozen random vectors or learnable vectors."""
+
+    kind: str  # "words" | "random" | "learned"
+    n: int
+    words: tuple[str, ...] = ()
+
+
+def parse_depth_words(name: str) -> DepthWords:
+    """Resolve a word-set name (``depth-7``, ``random-7``, ``learned-256``, ...; N without leading zeros)."""
+    if name in WORD_LISTS:
+        return DepthWords("words", len(WORD_LISTS[name]), WORD_LISTS[name])
+    kind, _, count = name.rpartition("-")
+    if kind in VECTOR_SETS and count.isascii() and count.isdigit() and count[0] != "0":
+        return DepthWords(kind, int(count))
+    valid = ", ".join([*WORD_LISTS, "random-N", "learned-N"])
+    raise ValueError(f"unknown word set {name!r}; valid: {valid}")
+
 
 #: Bin-centre kinds: uniform or log-uniform midpoints over [min, max]; ``const80-log`` is log-uniform
 #: over a fixed [min, 80] m whatever the dataset (for KITTI it equals ``log``); ``depthclip`` is

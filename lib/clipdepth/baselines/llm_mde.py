@@ -86,13 +86,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipdepth.vocab import WORD_LISTS
+
 from ..backbone import WeightsUnavailableError, normalise_images
 from ..bins import DEPTHCLIP_BINS
 from ..data.specs import get_spec
 from ..evaluate import EvalResult, predict_with_flip, sanitise
 from ..losses import silog_loss, upsample
 from ..metrics import average_metrics, compute_metrics, valid_mask
-from ..prompts import WORD_LISTS
 
 __all__ = [
     "DATASET_DESCRIPTION",

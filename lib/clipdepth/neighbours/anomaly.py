@@ -15,7 +15,8 @@ import open_clip
 import pandas as pd
 import torch
 
-from ..prompts import WORD_LISTS
+from clipdepth.vocab import WORD_LISTS
+
 from ..reference import load_table8
 from .analysis import LEARNED_LABEL, PAPER_RANKS, checked_layout, depth_tokens, nearest_neighbours, table_records
 from .sweep import VocabSweep, encode_fillings, phrase_fillings, token_strings, tokenizer
