@@ -13,6 +13,13 @@ TorchScript, from ``torch.jit.load`` (which runs no pickled Python). Every failu
 names the file and what was expected, so a wrong path or a ViT file passed for RN50 is obvious
 without a traceback.
 
+Why not ``open_clip.factory.load_state_dict`` (which also unwraps ``state_dict`` and drops ``module.``):
+it picks safetensors by the file *name* (a misnamed file fails inside ``torch.load``), retries a
+``TypeError`` with a ``torch.load`` that on torch < 2.6 unpickles Python, and lets a file holding a
+number or an empty dict surface as an ``AttributeError`` / ``StopIteration`` traceback; the few lines
+of unwrapping here are what keeps those cases one line. What open_clip does not do at all is kept:
+TorchScript archives, byte-level format detection, the checks against an architecture, the content hash.
+
 A file is identified by its content (:func:`weights_id`): the SHA-256 of its bytes, remembered per
 (absolute path, size, mtime, inode) in memory and in a small JSON file so a 300 MB checkpoint is
 hashed once, not on every call.

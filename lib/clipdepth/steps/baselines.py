@@ -27,6 +27,8 @@ from typing import Any
 
 import pandas as pd
 
+from clipdepth.vocab import DATASETS
+
 from .. import experiments, plan
 from ..baselines.clip2depth import CLIP2DepthConfig
 from ..baselines.llm_mde import LLMMDEConfig, expected_trainable_parameters
@@ -221,7 +223,7 @@ def published_beside(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         for m in ("abs_rel", "rmse", "log10", "d1", "d2", "d3"):
             add(METHOD_LABELS["depthclip-own"], "nyu", m, own.get(m), ref.get(m), "metric, its own protocol",
                 "clipdepth.reference (DepthCLIP Table 1)")
-    for dataset in ("nyu", "kitti"):
+    for dataset in DATASETS:
         learned = _row(rows, f"t3/{dataset}/learned-7")
         paper = reference_for(f"t3/{dataset}/learned-7") or {}
         if learned is not None:
