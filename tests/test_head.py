@@ -14,7 +14,7 @@ from clipdepth.bins import DEPTHCLIP_BINS
 from clipdepth.heads import normalise_text
 from clipdepth.losses import silog_loss
 from clipdepth.methods import depthclip_zero_shot, learned_prompt_model
-from clipdepth.prompts import WORD_LISTS
+from clipdepth.vocab import WORD_LISTS
 
 
 def test_text_normalisations():

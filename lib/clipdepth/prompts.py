@@ -24,7 +24,7 @@ import open_clip
 import torch
 from torch import nn
 
-from clipdepth.vocab import TEMPLATES, VECTOR_SETS, WORD_LISTS, DepthWords, parse_depth_words
+from clipdepth.vocab import TEMPLATES, parse_depth_words
 
 from .text_towers import (
     PromptGroup,
@@ -55,13 +55,9 @@ from .token_init import (
 __all__ = [
     "AUTHORS_BATCH_SIZE",
     "AUTHORS_EXAMPLE_INPUT",
-    "TEMPLATES",
     "TOKEN_INITS",
     "TOKEN_INIT_STD",
     "TOKEN_NAMES",
-    "VECTOR_SETS",
-    "WORD_LISTS",
-    "DepthWords",
     "PromptEncoder",
     "PromptLearner",
     "PromptTokenizer",
@@ -73,7 +69,6 @@ __all__ = [
     "clip_tokenizer",
     "encode_embeddings",
     "encode_prompts",
-    "parse_depth_words",
     "resolve_template",
     "text_context_length",
     "text_pool_type",
