@@ -28,7 +28,9 @@ def test_context_tokens_are_counted_from_the_templates() -> None:
 
 
 def test_each_word_is_defined_once() -> None:
-    """No module outside vocab assigns a vocabulary name (a re-export by import is fine)."""
+    """No module outside vocab assigns a vocabulary name (a re-export by import is fine) or spells out
+    one of its lists (``("nyu", "kitti")``, the bin kinds, the architectures, the template names)."""
+    lists = {vocab.DATASETS, vocab.BIN_KINDS, vocab.ARCHS, tuple(vocab.TEMPLATES), tuple(vocab.WORD_LISTS)}
     names = (set(vocab.__all__) - {"cache_dir"}) | {"SUPPORTED_ARCHS", "looks_like_file"}  # cache_dir: a common local
     found = []
     for path in LIB.rglob("*.py"):
@@ -38,8 +40,11 @@ def test_each_word_is_defined_once() -> None:
             targets = (node.targets if isinstance(node, ast.Assign) else [node.target]
                        if isinstance(node, ast.AnnAssign) else [])
             found += [f"{path.name}: {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in names]
-            if isinstance(node, ast.FunctionDef) and node.name in names:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
                 found.append(f"{path.name}: def {node.name}")
+            if isinstance(node, (ast.Tuple, ast.List)) and all(isinstance(e, ast.Constant) for e in node.elts) \
+                    and tuple(e.value for e in node.elts) in lists:
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
     assert found == []
 
 

@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clipdepth.vocab import DATASETS
+
 from ..atomic import atomic_write_json, atomic_write_text, make_temp_dir
 from .common import MANIFEST_NAME, sha256_file, write_depth_png
 from .nyu import bts_border, encode_jpeg
@@ -299,7 +301,7 @@ def write_paper_shaped(
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train} and {n_test}")
     lines = _list_lines(n_train, n_test, list_lines)
     root = Path(root)
-    for name in ("nyu", "kitti"):
+    for name in DATASETS:
         if (root / name).exists():
             raise ValueError(f"{root / name}: already exists; write the paper-shaped data into another folder")
     root.mkdir(parents=True, exist_ok=True)
@@ -313,7 +315,7 @@ def write_paper_shaped(
         atomic_write_json(nyu / MANIFEST_NAME, {**common, "dataset": "nyu", "splits": nyu_splits}, indent=2)
         kitti_splits = _write_kitti(raw, depth, n_train, n_test, lines, seed)
         atomic_write_json(raw / MANIFEST_NAME, {**common, "dataset": "kitti", "splits": kitti_splits}, indent=2)
-        for name in ("nyu", "kitti"):
+        for name in DATASETS:
             os.replace(tmp / name, root / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
