@@ -70,8 +70,8 @@ def test_an_existing_file_without_suffix_is_a_file_relative_to_base(tmp_path: Pa
 
 
 def test_one_cache_folder_and_the_old_name_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipdepth.checkpoints import weights_id_cache_path
     from clipdepth.data.splits import cache_dir as splits_dir
+    from clipdepth.model.checkpoints import weights_id_cache_path
 
     monkeypatch.setenv("CLIPDEPTH_CACHE_DIR", str(tmp_path / "new"))
     monkeypatch.setenv("CLIPDEPTH_CACHE", str(tmp_path / "old"))
