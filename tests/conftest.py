@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("MPLBACKEND", "Agg")
-if "CLIPDEPTH_CACHE_DIR" not in os.environ:  # weights-id cache: never the user's home folder in tests
+if "CLIPDEPTH_CACHE_DIR" not in os.environ:  # split lists and weights ids: never the user's home in tests
     import tempfile
 
     os.environ["CLIPDEPTH_CACHE_DIR"] = tempfile.mkdtemp(prefix="clipdepth-test-cache-")

@@ -204,7 +204,7 @@ def test_list_edited_after_manifest(tmp_path):
 
 
 def test_no_split_list_offline_says_where_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPDEPTH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLIPDEPTH_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "bare"
     root.mkdir()
     with pytest.raises(

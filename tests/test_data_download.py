@@ -233,7 +233,7 @@ def test_split_list_fetched_verified_and_cached(server, tmp_path, monkeypatch):
     content = b"bathroom/rgb_00045.jpg bathroom/sync_depth_00045.png 518.8579\n"
     name = "nyudepthv2_test_files_with_gt.txt"
     httpd.files[name] = content
-    monkeypatch.setenv("CLIPDEPTH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLIPDEPTH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(splits, "BTS_BASE_URL", f"{base}/train_test_inputs/")
     monkeypatch.setitem(splits.CANONICAL_SHA256, name, hashlib.sha256(content).hexdigest())
     path = splits.get_split_file(name)
@@ -243,7 +243,7 @@ def test_split_list_fetched_verified_and_cached(server, tmp_path, monkeypatch):
 
 
 def test_split_list_offline_message(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPDEPTH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLIPDEPTH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(splits, "BTS_BASE_URL", f"http://127.0.0.1:{_closed_port()}/train_test_inputs/")
     t0 = time.monotonic()
     with pytest.raises(

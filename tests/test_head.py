@@ -13,8 +13,8 @@ from clipdepth.model.backbone import dense_features
 from clipdepth.model.bins import DEPTHCLIP_BINS
 from clipdepth.model.factory import depthclip_zero_shot, learned_prompt_model
 from clipdepth.model.head import normalise_text
-from clipdepth.model.prompt_learner import WORD_LISTS
 from clipdepth.train.losses import silog_loss
+from clipdepth.vocab import WORD_LISTS
 
 
 def test_text_normalisations():

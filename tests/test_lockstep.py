@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clipdepth.eval.protocols import upsample
 from clipdepth.study import experiments
 from clipdepth.study.experiments import resolve as resolve_row
 from clipdepth.train.lockstep import LockstepGroup, RunOptions, SharedEvaluation, SingleRow, plan, run_units, stream_key
-from clipdepth.train.losses import SILogTarget, interpolation_matrix, silog_loss, upsample
+from clipdepth.train.losses import SILogTarget, interpolation_matrix, silog_loss
 from clipdepth.train.trainer import Trainer
 
 # three trained NYU rows with different token counts and bins: 7 learned depth tokens; 8 learned context

@@ -6,7 +6,8 @@ import open_clip
 import pytest
 import torch
 
-from clipdepth.model.prompt_learner import TEMPLATES, WORD_LISTS, PromptEncoder, parse_depth_words, resolve_template
+from clipdepth.model.prompt_learner import PromptEncoder, resolve_template
+from clipdepth.vocab import TEMPLATES, WORD_LISTS, parse_depth_words
 
 TOKENIZER = open_clip.get_tokenizer("RN50-quickgelu")
 # Single-token words used to fill vector slots, so the same prompt also exists as a plain string.

@@ -15,6 +15,7 @@ import nbformat
 import pytest
 
 from clipdepth.eval.metrics import METRIC_NAMES
+from clipdepth.run import params
 from clipdepth.run import run_all as runall
 from clipdepth.study import experiments
 from clipdepth.study.reference import reference_for
@@ -42,15 +43,22 @@ def test_parse_value(text: str, value) -> None:
     assert runall.parse_value(text) == value
 
 
-def test_coerce_checks_types_against_defaults() -> None:
-    assert runall._coerce("datasets", "nyu,kitti", ["nyu"]) == ["nyu", "kitti"]
-    assert runall._coerce("epochs", 2, None) == 2
-    assert runall._coerce("lr", 1, 0.5) == 1.0
-    assert runall._coerce("device", "cuda", "cpu") == "cuda"
-    with pytest.raises(ValueError, match="'seed' expects int"):
-        runall._coerce("seed", "abc", 42)
-    with pytest.raises(ValueError, match="true/false"):
-        runall._coerce("force", 1, False)
+def test_undeclared_parameters_are_checked_against_their_notebook_default() -> None:
+    defaults = {"sets": ["nyu"], "n": None, "lr": 0.5, "mode": "cpu", "k": 42, "flag": False}
+
+    def check(name: str, value):
+        return params.check_parameter(name, value, "/tmp", defaults)
+
+    assert (check("sets", "nyu,kitti"), check("n", 2), check("lr", 1), check("mode", "x")) == (
+        ["nyu", "kitti"], 2, 1.0, "x")
+    assert check("not_a_parameter", "abc") == "abc"
+    with pytest.raises(params.ParameterError, match=r"^parameter 'k': 'abc' is not allowed; allowed: a int value like "
+                       r"its default 42$"):
+        check("k", "abc")
+    with pytest.raises(params.ParameterError, match=r"allowed: true or false$"):
+        check("flag", 1)
+    with pytest.raises(params.ParameterError, match="'k': True is not allowed"):
+        check("k", True)
 
 
 def test_select_notebooks_by_name_prefix_or_part() -> None:
@@ -98,7 +106,7 @@ def test_bad_arguments_fail_before_running(tmp_path: Path, args: list[str], mess
 def test_paper_profile_without_data_stops_fast_listing_what_is_missing(tmp_path: Path) -> None:
     home = tmp_path / "home"  # empty caches: no split lists, no open_clip weights
     home.mkdir()
-    env = {"HOME": str(home), "HF_HOME": str(home / "hf"), "CLIPDEPTH_CACHE": str(home / "clipdepth"),
+    env = {"HOME": str(home), "HF_HOME": str(home / "hf"), "CLIPDEPTH_CACHE_DIR": str(home / "clipdepth"),
            "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     proc = _run(["--profile", "paper", "-p", "data_dir", str(tmp_path / "nodata"),

@@ -91,8 +91,8 @@ from clipdepth.eval.metrics import average_metrics, compute_metrics, valid_mask
 from clipdepth.eval.protocols import EvalResult, predict_with_flip, sanitise, upsample
 from clipdepth.model.backbone import WeightsUnavailableError, normalise_images
 from clipdepth.model.bins import DEPTHCLIP_BINS
-from clipdepth.model.prompt_learner import WORD_LISTS
 from clipdepth.train.losses import silog_loss
+from clipdepth.vocab import WORD_LISTS
 
 __all__ = [
     "DATASET_DESCRIPTION",

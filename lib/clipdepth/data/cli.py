@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from clipdepth.data.common import DataError
+from clipdepth.vocab import DATASETS
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +21,7 @@ def add_parser(subparsers) -> None:
     sub = data.add_subparsers(dest="data_command", required=True)
 
     check = sub.add_parser("check", help="verify a dataset root against its split list")
-    check.add_argument("--dataset", choices=["nyu", "kitti"], required=True)
+    check.add_argument("--dataset", choices=DATASETS, required=True)
     check.add_argument("--root", required=True, help="NYU: the nyu_depth_v2 folder; KITTI: the raw-data root")
     check.add_argument("--split", choices=["train", "test", "all"], default="test")
     check.add_argument("--split-file", help="list to check against (default: found as the readers do)")
@@ -176,7 +177,7 @@ def _synth_paper_shaped(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(str(exc))
         return 2
-    for name in ("nyu", "kitti"):
+    for name in DATASETS:
         counts = info[name]["splits"]
         print(
             f"{info[name]['root']}: {name} lists of {counts['train']['count']:,} train / "

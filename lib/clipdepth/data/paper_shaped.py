@@ -51,6 +51,7 @@ from clipdepth.data.nyu import bts_border, encode_jpeg
 from clipdepth.data.specs import KITTI, NYU
 from clipdepth.data.splits import split_name
 from clipdepth.data.synthetic import TEST_INDEX_OFFSET, render_indoor, render_outdoor
+from clipdepth.vocab import DATASETS
 
 __all__ = [
     "KITTI_DATES",
@@ -299,7 +300,7 @@ def write_paper_shaped(
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train} and {n_test}")
     lines = _list_lines(n_train, n_test, list_lines)
     root = Path(root)
-    for name in ("nyu", "kitti"):
+    for name in DATASETS:
         if (root / name).exists():
             raise ValueError(f"{root / name}: already exists; write the paper-shaped data into another folder")
     root.mkdir(parents=True, exist_ok=True)
@@ -313,7 +314,7 @@ def write_paper_shaped(
         atomic_write_json(nyu / MANIFEST_NAME, {**common, "dataset": "nyu", "splits": nyu_splits}, indent=2)
         kitti_splits = _write_kitti(raw, depth, n_train, n_test, lines, seed)
         atomic_write_json(raw / MANIFEST_NAME, {**common, "dataset": "kitti", "splits": kitti_splits}, indent=2)
-        for name in ("nyu", "kitti"):
+        for name in DATASETS:
             os.replace(tmp / name, root / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

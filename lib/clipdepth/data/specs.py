@@ -1,13 +1,16 @@
 """Per-dataset constants in one place.
 
 Readers, augmentation, bins and the evaluation protocol all need the same handful of numbers (depth
-range, crop sizes, PNG depth scale); keeping them in one frozen record stops them drifting apart
-between modules. Values follow the authors' configuration (BTS/AdaBins data loader, DESIGN.md §3).
+range, from :data:`clipdepth.vocab.DATASET_RANGES`; crop sizes, PNG depth scale); keeping them in one
+frozen record stops them drifting apart between modules. Values follow the authors' configuration
+(BTS/AdaBins data loader, DESIGN.md §3).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from clipdepth.vocab import DATASET_RANGES
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,8 @@ class DatasetSpec:
 
 NYU = DatasetSpec(
     name="nyu",
-    min_depth=1e-3,
-    max_depth=10.0,
+    min_depth=DATASET_RANGES["nyu"][0],
+    max_depth=DATASET_RANGES["nyu"][1],
     eval_crop="eigen_nyu",
     train_crop=(416, 544),
     test_size=(480, 640),
@@ -45,8 +48,8 @@ NYU = DatasetSpec(
 
 KITTI = DatasetSpec(
     name="kitti",
-    min_depth=1e-3,
-    max_depth=80.0,
+    min_depth=DATASET_RANGES["kitti"][0],
+    max_depth=DATASET_RANGES["kitti"][1],
     eval_crop="garg_kitti",
     train_crop=(352, 704),
     test_size=(352, 1216),

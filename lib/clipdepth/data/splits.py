@@ -7,15 +7,15 @@ own tools write next to it (synthetic scenes, the ``.mat`` exporter) records a d
 it. Lists with other names are custom lists and are used as given.
 
 Lookup order for a reader without ``split_file``: the root's manifest, ``<root>/<canonical name>``, the
-cache folder (``$CLIPDEPTH_CACHE/splits`` or ``~/.cache/clipdepth/splits``), then a download from the
+cache folder (``$CLIPDEPTH_CACHE_DIR/splits`` or ``~/.cache/clipdepth/splits``), then a download from the
 BTS repository (short timeout; offline it fails at once and says where to get the file).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from clipdepth import vocab
 from clipdepth.data.common import MANIFEST_NAME, DataError, read_manifest, sha256_file
 from clipdepth.data.download import DEFAULT_TIMEOUT, DownloadError, download
 
@@ -52,9 +52,8 @@ def split_url(name: str) -> str:
 
 
 def cache_dir() -> Path:
-    """Folder for downloaded split lists (``$CLIPDEPTH_CACHE/splits``, default ``~/.cache/clipdepth``)."""
-    base = os.environ.get("CLIPDEPTH_CACHE") or Path.home() / ".cache" / "clipdepth"
-    return Path(base) / "splits"
+    """Folder for downloaded split lists: ``splits/`` in :func:`clipdepth.vocab.cache_dir`."""
+    return vocab.cache_dir() / "splits"
 
 
 def _manifest_sha(folder: Path, name: str) -> str | None:

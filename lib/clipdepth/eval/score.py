@@ -75,6 +75,7 @@ from clipdepth.eval._prediction_files import (
 from clipdepth.eval.metrics import METRIC_NAMES, average_metrics, compute_metrics, pixel_sums, pooled_metrics
 from clipdepth.eval.protocols import depthclip_box, predict_depthclip_protocol, sanitise, upsample
 from clipdepth.study.reference import TABLES, load_reference
+from clipdepth.vocab import DATASETS
 
 __all__ = [
     "BUNDLE_SUFFIXES",
@@ -260,8 +261,8 @@ def score_predictions(
 
     Raises :class:`ScoreError` listing every problem found (status 1 for data, 2 for arguments).
     """
-    if dataset not in ("nyu", "kitti"):
-        raise ScoreError(f"unknown dataset {dataset!r}; valid: nyu, kitti", status=2)
+    if dataset not in DATASETS:
+        raise ScoreError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}", status=2)
     spec = get_spec(dataset)
     proto = get_protocol(protocol or spec.eval_crop, dataset)
     min_depth = spec.min_depth if min_depth is None else float(min_depth)
@@ -449,7 +450,7 @@ def add_parser(subparsers) -> None:
         "protocol, with per-image and pixel-pooled averages (see clipdepth.eval.score).",
     )
     p.add_argument("predictions", help="folder of per-image .npy/.npz/.png files, or one .h5/.npz with all")
-    p.add_argument("--dataset", choices=["nyu", "kitti"], required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True)
     p.add_argument("--root", required=True, help="NYU: the nyu_depth_v2 folder; KITTI: the raw-data root")
     p.add_argument("--depth-root", help="KITTI annotated depth (default ROOT/data_depth_annotated)")
     p.add_argument("--split-file", help="test list (default: found as the readers do)")

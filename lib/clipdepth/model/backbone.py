@@ -22,10 +22,9 @@ from torch import nn
 # CheckpointError, WeightsUnavailableError and weights_id are re-exported: callers import them from here.
 from clipdepth.model.checkpoints import CheckpointError as CheckpointError
 from clipdepth.model.checkpoints import WeightsUnavailableError as WeightsUnavailableError
-from clipdepth.model.checkpoints import checkpoint_format, looks_like_file, quiet_logging, read_state_dict
+from clipdepth.model.checkpoints import checkpoint_format, quiet_logging, read_state_dict
 from clipdepth.model.checkpoints import weights_id as weights_id
-
-SUPPORTED_ARCHS: tuple[str, ...] = ("RN50-quickgelu", "RN101-quickgelu", "ViT-B-32-quickgelu", "ViT-B-16")
+from clipdepth.vocab import ARCHS, is_weights_file
 
 # The authors' and DepthCLIP's data loaders normalise with ImageNet statistics, not CLIP's own.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,12 +75,12 @@ def load_clip(
     configs with OpenAI weights: the plain ``RN50`` config uses a different activation.
 
     ``arch`` is any open_clip architecture (``open_clip.list_models()``), so backbone sweeps
-    (:mod:`clipdepth.model.towers`) can build e.g. ConvNeXt or SigLIP towers; :data:`SUPPORTED_ARCHS` are the
+    (:mod:`clipdepth.model.towers`) can build e.g. ConvNeXt or SigLIP towers; :data:`clipdepth.vocab.ARCHS` are the
     ones the paper-table rows use and the tests cover end to end. Whether the prompt encoder and the
     dense features support a given tower is decided where they are built, not here.
     """
-    if arch not in SUPPORTED_ARCHS and arch not in open_clip.list_models():
-        raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)} (tested) and any other "
+    if arch not in ARCHS and arch not in open_clip.list_models():
+        raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)} (tested) and any other "
                          "name in open_clip.list_models()")
     if weights is None:
         with torch.random.fork_rng(devices=[]), quiet_logging():
@@ -98,7 +97,7 @@ def load_clip(
 def _load_pretrained(arch: str, weights: str | os.PathLike[str]) -> open_clip.CLIP:
     """A model with real weights: from a local file of any format ``checkpoints`` reads, or an
     open_clip tag fetched through open_clip's cache."""
-    if looks_like_file(weights):
+    if is_weights_file(weights):
         checkpoint_format(weights)  # a missing or unreadable file fails here, before a model is built
         with torch.random.fork_rng(devices=[]), quiet_logging():
             model = open_clip.create_model(arch, pretrained=None)  # its random init is overwritten below

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
+from clipdepth.vocab import BIN_KINDS
+
 DEPTHCLIP_BINS: tuple[float, ...] = (1.00, 1.50, 2.00, 2.25, 2.50, 2.75, 3.00)
-BIN_KINDS: tuple[str, ...] = ("even", "log", "const80-log", "depthclip")
 
 
 def bin_centres(

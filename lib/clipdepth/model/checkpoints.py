@@ -13,6 +13,13 @@ TorchScript, from ``torch.jit.load`` (which runs no pickled Python). Every failu
 names the file and what was expected, so a wrong path or a ViT file passed for RN50 is obvious
 without a traceback.
 
+Why not ``open_clip.factory.load_state_dict`` (which also unwraps ``state_dict`` and drops ``module.``):
+it picks safetensors by the file *name* (a misnamed file fails inside ``torch.load``), retries a
+``TypeError`` with a ``torch.load`` that on torch < 2.6 unpickles Python, and lets a file holding a
+number or an empty dict surface as an ``AttributeError`` / ``StopIteration`` traceback; the few lines
+of unwrapping here are what keeps those cases one line. What open_clip does not do at all is kept:
+TorchScript archives, byte-level format detection, the checks against an architecture, the content hash.
+
 A file is identified by its content (:func:`weights_id`): the SHA-256 of its bytes, remembered per
 (absolute path, size, mtime, inode) in memory and in a small JSON file so a 300 MB checkpoint is
 hashed once, not on every call.
@@ -41,23 +48,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from clipdepth._files import LockTimeout, atomic_write_json, file_lock
+from clipdepth.vocab import cache_dir, is_weights_file
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES",
     "EXPECTED_FORMATS",
     "CheckpointError",
     "WeightsUnavailableError",
     "checkpoint_format",
     "file_sha256",
-    "looks_like_file",
     "quiet_logging",
     "read_state_dict",
     "weights_id",
     "weights_id_cache_path",
 ]
-
-#: File name endings that mark ``weights`` as a path rather than an open_clip tag (as does a separator).
-CHECKPOINT_SUFFIXES: frozenset[str] = frozenset({".pt", ".pth", ".bin", ".safetensors", ".ckpt"})
 
 #: What a weights file may be; quoted in every "not a checkpoint" message.
 EXPECTED_FORMATS = "an OpenAI TorchScript archive, an open_clip .bin/.safetensors or a state dict"
@@ -79,14 +82,6 @@ class CheckpointError(WeightsUnavailableError, ValueError):
     Both a :class:`WeightsUnavailableError` (callers that catch "no usable weights" keep working) and a
     ``ValueError`` (it is bad input). The message is one line starting with the file's path.
     """
-
-
-def looks_like_file(weights: str | os.PathLike[str]) -> bool:
-    """Whether ``weights`` means a local file (an existing file, a checkpoint suffix, or a path
-    separator) rather than an open_clip pretrained tag such as ``"openai"``."""
-    text = str(weights)
-    path = Path(text).expanduser()
-    return path.is_file() or path.suffix in CHECKPOINT_SUFFIXES or os.sep in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +315,7 @@ _MEMO: dict[tuple[str, int, int, int], str] = {}
 def weights_id_cache_path() -> Path:
     """Where file hashes are remembered between processes: ``$CLIPDEPTH_CACHE_DIR/weights_ids.json``,
     else ``~/.cache/clipdepth/weights_ids.json``."""
-    root = os.environ.get("CLIPDEPTH_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path("~/.cache/clipdepth").expanduser()
-    return base / "weights_ids.json"
+    return cache_dir() / "weights_ids.json"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -381,7 +374,7 @@ def weights_id(weights: str | os.PathLike[str] | None, seed: int = 0) -> str:
     """
     if weights is None:
         return f"random:{seed}"
-    if not looks_like_file(weights):
+    if not is_weights_file(weights):
         return f"tag:{weights}"
     path = Path(weights).expanduser()
     if not path.is_file():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import open_clip
 import torch
@@ -50,17 +49,14 @@ from clipdepth.model.text_encoder import (
     text_tower,
     truncation_is_exact,
 )
+from clipdepth.vocab import TEMPLATES, parse_depth_words
 
 __all__ = [
     "AUTHORS_BATCH_SIZE",
     "AUTHORS_EXAMPLE_INPUT",
-    "TEMPLATES",
     "TOKEN_INITS",
     "TOKEN_INIT_STD",
     "TOKEN_NAMES",
-    "VECTOR_SETS",
-    "WORD_LISTS",
-    "DepthWords",
     "PromptEncoder",
     "PromptLearner",
     "PromptTokenizer",
@@ -72,7 +68,6 @@ __all__ = [
     "clip_tokenizer",
     "encode_embeddings",
     "encode_prompts",
-    "parse_depth_words",
     "resolve_template",
     "text_context_length",
     "text_pool_type",
@@ -81,54 +76,11 @@ __all__ = [
     "truncation_is_exact",
 ]
 
-# Bin 0 (nearest) to bin N-1 (farthest); exact strings of the paper's Table 2 / the authors' code and
-# of DepthCLIP's monoclip.py.
-WORD_LISTS: dict[str, tuple[str, ...]] = {
-    "depth-7": ("very close", "close", "slightly close", "neither close nor distant", "slightly distant",
-                "distant", "very distant"),
-    "size-7": ("very small", "small", "slightly small", "neither small nor large", "slightly large",
-               "large", "very large"),
-    "colour-7": ("very red", "red", "slightly red", "neither red nor green", "slightly green", "green",
-                 "very green"),
-    "rand-txt-7": ("summer", "inian", "fellow", "greg", "bis", "ksh", "aidan"),
-    "depthclip-7": ("giant", "extremely close", "close", "not in distance", "a little remote", "far",
-                    "unseen"),
-}
-VECTOR_SETS: tuple[str, ...] = ("random", "learned")  # used as "random-N" / "learned-N"
-
-# Each "{ctx}" is its own learnable context token, shared by all bins (paper section 3.3).
-TEMPLATES: dict[str, str] = {
-    "baseline": "This {object} appears to be {depth}",  # the code has no trailing period
-    "depthclip": "This {object} is {depth}",
-    "1o1d": "{ctx} {object} {ctx} {depth}",
-    "1o2d": "{ctx} {object} {ctx} {ctx} {depth}",
-    "4o4d": "{ctx} {ctx} {ctx} {ctx} {object} {ctx} {ctx} {ctx} {ctx} {depth}",
-}
 #: Public token names (``set_tokens``/``load_tokens``) -> the attribute holding them. ``depth`` is the
 #: learned ``depth_tokens`` parameter for learned-N and the frozen ``random_tokens`` buffer for random-N.
 TOKEN_NAMES: tuple[str, ...] = ("ctx", "depth", "object")
 _STATE_KEYS = {"ctx_tokens": "ctx", "depth_tokens": "depth", "random_tokens": "depth", "object_tokens": "object"}
 _SLOT = re.compile(r"\{(object|depth|ctx)\}")
-
-
-@dataclass(frozen=True)
-class DepthWords:
-    """What fills the depth slot: fixed words, frozen random vectors or learnable vectors."""
-
-    kind: str  # "words" | "random" | "learned"
-    n: int
-    words: tuple[str, ...] = ()
-
-
-def parse_depth_words(name: str) -> DepthWords:
-    """Resolve a word-set name (``depth-7``, ``random-7``, ``learned-256``, ...)."""
-    if name in WORD_LISTS:
-        return DepthWords("words", len(WORD_LISTS[name]), WORD_LISTS[name])
-    kind, _, count = name.rpartition("-")
-    if kind in VECTOR_SETS and count.isdigit() and int(count) > 0:
-        return DepthWords(kind, int(count))
-    valid = ", ".join([*WORD_LISTS, "random-N", "learned-N"])
-    raise ValueError(f"unknown word set {name!r}; valid: {valid}")
 
 
 def resolve_template(name_or_string: str) -> str:

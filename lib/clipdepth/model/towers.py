@@ -8,7 +8,6 @@ is the same wiring for every caller, so it lives here and the notebook stays a p
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import open_clip
@@ -17,6 +16,7 @@ import torch
 from clipdepth.model.backbone import feature_stride, load_clip, text_width
 from clipdepth.model.prompt_learner import PromptEncoder, text_context_length, text_pool_type, truncation_is_exact
 from clipdepth.study.experiments import Experiment, get, variant
+from clipdepth.vocab import is_weights_file
 
 # Dense modes each image-tower family implements (clipdepth.model.backbone.dense_features). ``depthclip``
 # is the faithful mode everywhere: ResNet layer4 with channel subsampling; on a ViT the authors' path
@@ -59,8 +59,7 @@ def backbone_experiments(
             raise ValueError(f"archs entries must be (architecture, pretrained tag) pairs, got {pair!r}")
         arch, tag = pair
         family = image_family(arch)
-        is_path = tag is not None and (os.sep in str(tag) or os.path.splitext(str(tag))[1] != "")
-        if tag is not None and not is_path and tag not in open_clip.list_pretrained_tags_by_model(arch):
+        if tag is not None and not is_weights_file(tag) and tag not in open_clip.list_pretrained_tags_by_model(arch):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
             raise ValueError(f"{tag!r} is not a pretrained tag of {arch} (tags: {tags}) nor a file path")
         mode = base.dense_mode if base.dense_mode in FAMILY_DENSE_MODES[family] else "depthclip"

@@ -57,6 +57,7 @@ from clipdepth.study.reference import PAPER_METRIC_NOTE
 from clipdepth.train import plan
 from clipdepth.train.lockstep import RunOptions, run_units
 from clipdepth.train.plan import RowSpec
+from clipdepth.vocab import DATASETS
 
 __all__ = [
     "NotebookContext",
@@ -102,12 +103,12 @@ class NotebookContext:
     @property
     def datasets(self) -> list[str]:
         """The datasets asked for (parameter ``datasets``, default both), validated."""
-        wanted = self.params.get("datasets") or list(experiments.DATASETS)
+        wanted = self.params.get("datasets") or list(DATASETS)
         if isinstance(wanted, str):
             wanted = [wanted]
-        bad = [d for d in wanted if d not in experiments.DATASETS]
+        bad = [d for d in wanted if d not in DATASETS]
         if bad:
-            raise ValueError(f"unknown dataset(s) {bad}; valid: {', '.join(experiments.DATASETS)}")
+            raise ValueError(f"unknown dataset(s) {bad}; valid: {', '.join(DATASETS)}")
         return list(wanted)
 
     def experiment_names(self, table: str | int) -> list[str]:

@@ -32,6 +32,7 @@ from clipdepth.study.experiments import TrainConfig
 from clipdepth.train.losses import SILogTarget
 from clipdepth.train.step import make_optimiser, optimiser_step, optimiser_steps
 from clipdepth.train.trainer import build_model
+from clipdepth.vocab import DATASETS
 
 PAPER_SIZES = {"nyu": {"train": (416, 544), "test": (480, 640), "n_train": 24231, "n_test": 654,
                        "max_depth": 10.0},
@@ -315,7 +316,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    datasets = ["nyu", "kitti"] if args.dataset == "both" else [args.dataset]
+    datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
@@ -337,7 +338,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("bench", help="time lockstep vs separate faithful training, cached mode, context")
-    parser.add_argument("--dataset", choices=["nyu", "kitti", "both"], default="nyu")
+    parser.add_argument("--dataset", choices=[*DATASETS, "both"], default="nyu")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when visible; default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

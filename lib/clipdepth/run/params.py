@@ -6,7 +6,11 @@ not name the parameter. :data:`PARAMETERS` declares, for each name used by a ``p
 ``notebooks/*.ipynb``, what is allowed (including for those whose default is ``None``); ``run_all``
 checks every ``-p NAME VALUE`` against it and stops with exit status 2 and one line naming the
 parameter and what is allowed. A test compares the table with the notebooks' parameters cells, so
-the two cannot drift apart. Parameters notebooks will gain later may be declared ahead.
+the two cannot drift apart. Parameters notebooks will gain later may be declared ahead. A notebook
+from another folder (``--notebooks-dir``) may have parameters not declared here; :func:`check_parameter`
+checks those against the type of their default, so there is one checker. (papermill's
+``inspect_notebook`` gives defaults as source text and types only from annotations, so the defaults are
+read with ``ast.literal_eval`` by :func:`clipdepth.run.run_all.notebook_parameters`.)
 
 Path parameters are resolved here too, once, from the directory the user called ``./run_all.sh``
 from (``run_all.sh`` changes into the repository, and the kernels run in ``notebooks/``, so a relative
@@ -17,26 +21,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipdepth.vocab import ARCHS, DATASETS, is_weights_file
+
 __all__ = [
-    "CHECKPOINT_SUFFIXES",
-    "DATASETS",
     "PARAMETERS",
     "Param",
     "ParameterError",
     "check_parameter",
     "cuda_device_count",
-    "looks_like_file",
 ]
-
-#: File suffixes that make a ``weights`` value a checkpoint path rather than an open_clip tag.
-CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".safetensors", ".ckpt"})
-DATASETS = ("nyu", "kitti")
-ARCHS = ("RN50-quickgelu", "RN101-quickgelu", "ViT-B-32-quickgelu", "ViT-B-16")  # backbone.SUPPORTED_ARCHS
 
 
 class ParameterError(ValueError):
@@ -151,12 +149,6 @@ def _absolute(value: str | os.PathLike[str], base: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
-def looks_like_file(value: str) -> bool:
-    """Whether a ``weights`` value names a file (a checkpoint suffix, a path separator, ``~`` or ``.``)."""
-    return (Path(value).suffix in CHECKPOINT_SUFFIXES or os.sep in value or "/" in value
-            or value.startswith(("~", ".")))
-
-
 def _weights() -> Param:
     def check(value: Any, base: Path) -> Any:
         if value is None:
@@ -164,7 +156,7 @@ def _weights() -> Param:
         if not isinstance(value, str) or not value:
             raise _Reject()
         candidate = _absolute(value, base)
-        if looks_like_file(value) or candidate.is_file():
+        if is_weights_file(value, base):
             if not candidate.is_file():
                 raise _Reject(f"file {candidate} does not exist")
             return str(candidate)
@@ -196,7 +188,7 @@ def _backbones() -> Param:
             if not isinstance(tag, str) or not tag:
                 raise _Reject(f"the tag of {arch} must be a string or None, got {tag!r}")
             candidate = _absolute(tag, base)
-            if looks_like_file(tag) or candidate.is_file():
+            if is_weights_file(tag, base):
                 if not candidate.is_file():
                     raise _Reject(f"file {candidate} does not exist")
                 out.append([arch, str(candidate)])
@@ -302,13 +294,38 @@ PARAMETERS: dict[str, Param] = {
 FUTURE: frozenset[str] = frozenset()  # subset, precision and seeds are in notebooks 01-03 now
 
 
-def check_parameter(name: str, value: Any, base: str | os.PathLike[str]) -> Any:
+def _like(default: Any) -> Param:
+    """What an undeclared parameter accepts (a notebook of another folder, ``--notebooks-dir``): a value
+    of its default's type; a bare string ``a,b`` for a list; any value when the default is ``None``."""
+    def check(value: Any, base: Path) -> Any:
+        if default is None or value is None or isinstance(default, bool) and isinstance(value, bool):
+            return value
+        if isinstance(default, (list, tuple)) and isinstance(value, (str, list, tuple)):
+            return _items(value)
+        if isinstance(value, bool) or isinstance(default, bool):
+            raise _Reject()
+        if isinstance(default, float) and isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(default, str) and isinstance(value, (str, int, float)):
+            return str(value)
+        if isinstance(value, type(default)):
+            return value
+        raise _Reject()
+
+    if isinstance(default, bool):
+        return Param("true or false", check)
+    kind = "list" if isinstance(default, (list, tuple)) else type(default).__name__
+    return Param(f"a {kind} value like its default {default!r}", check)
+
+
+def check_parameter(name: str, value: Any, base: str | os.PathLike[str],
+                    defaults: Mapping[str, Any] | None = None) -> Any:
     """``value`` as the notebook should receive it (paths absolute from ``base``), or :class:`ParameterError`.
 
-    Names not in :data:`PARAMETERS` are returned unchanged (run_all checks those against the notebook
-    default's type).
+    Names not in :data:`PARAMETERS` are checked against their default in ``defaults`` (the notebook's
+    parameters cell, :func:`clipdepth.run.run_all.notebook_parameters`), else returned unchanged.
     """
-    param = PARAMETERS.get(name)
+    param = PARAMETERS.get(name) or (_like(defaults[name]) if defaults and name in defaults else None)
     if param is None:
         return value
     try:

@@ -55,11 +55,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipdepth._files import LockTimeout, atomic_write_text, file_lock
+from clipdepth._files import LockTimeout, atomic_write_text, file_lock, repo_root
 from clipdepth.report.provenance import environment_info, find_cached_weights
 from clipdepth.run.executors import ExecutorError, add_executor_arguments, options_from_args, run_units
-from clipdepth.run.params import PARAMETERS, ParameterError, check_parameter, looks_like_file
+from clipdepth.run.params import PARAMETERS, ParameterError, check_parameter
 from clipdepth.train.plan import describe_plan, plan_lines, plan_tables
+from clipdepth.vocab import DATASETS, is_weights_file
 
 __all__ = [
     "NOTEBOOK_GLOB",
@@ -95,15 +96,6 @@ class NotebookParameterError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Notebooks and their parameters
 # ---------------------------------------------------------------------------------------------
-
-
-def repo_root() -> Path:
-    """The checkout to run: the cwd when it is one (``run_all.sh`` changes into its own folder), else
-    the checkout this module is installed from in editable mode, else the cwd."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (candidate / "notebooks").is_dir() and (candidate / "pyproject.toml").is_file():
-            return candidate.resolve()
-    return Path.cwd()
 
 
 def caller_dir() -> Path:
@@ -194,31 +186,6 @@ def parse_value(text: str) -> Any:
             return json.loads(text)
         except ValueError:
             return text
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the notebook default's type; a bare string for a list becomes a list."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"parameter {name!r} expects true/false, got {value!r}")
-    if isinstance(default, (list, tuple)):
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ValueError(f"parameter {name!r} expects a list such as {json.dumps(default)}, got {value!r}")
-    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
-        return value
-    if isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(default, str) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, type(default)):
-        return value
-    raise ValueError(f"parameter {name!r} expects {type(default).__name__} like {default!r}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +328,7 @@ def check_paper_prerequisites(
                                   decoded=decoded)
     effective = weights if weights is not None else PROFILES["paper"].weights
     path = Path(str(effective)).expanduser()
-    if looks_like_file(str(effective)):
+    if is_weights_file(effective):
         if not path.is_file():
             missing.append(Missing(f"CLIP weights file {path} does not exist",
                                    "pass a local RN50 checkpoint with -p weights PATH: OpenAI's RN50.pt (TorchScript, "
@@ -655,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 params[name] = value  # checked against its declaration above
             elif name in nb_defaults:
                 try:
-                    params[name] = _coerce(name, value, nb_defaults[name])
+                    params[name] = check_parameter(name, value, caller, nb_defaults)
                 except ValueError as exc:
                     return fail(f"{nb.stem}: {exc}")
         if "profile" in nb_defaults:
@@ -685,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for job in jobs:
             d = {**defaults[job.name], **job.parameters}
             # a notebook without a datasets parameter is assumed to need what the user asked the others for
-            datasets = d.get("datasets") or overrides.get("datasets") or ["nyu", "kitti"]
+            datasets = d.get("datasets") or overrides.get("datasets") or list(DATASETS)
             datasets = [datasets] if isinstance(datasets, str) else list(datasets)
             key = (tuple(datasets), str(d.get("data_dir", "data")), str(d.get("weights")), d.get("subset"))
             if key in seen:

@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from clipdepth.study.authors_configs import format_authors_match, from_authors
-from clipdepth.study.experiments import DATASETS, UnknownExperimentError, describe, format_table, select
+from clipdepth.study.experiments import UnknownExperimentError, describe, format_table, select
+from clipdepth.vocab import DATASETS
 
 __all__ = ["add_parser"]
 

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from clipdepth.study.experiments import EXPERIMENTS, Experiment, TrainConfig, config_hash, describe
+from clipdepth.vocab import DATASETS, TEMPLATES
 
 __all__ = [
     "AuthorsConfig",
@@ -54,12 +55,12 @@ _LEARNED_TEMPLATE = re.compile(r"^learned-static-(\d+o\d+d)$")
 _WORDS = {"paper": "depthclip-7", "depth-7": "depth-7", "size-7": "size-7", "colour-7": "colour-7"}
 _LEARNED_WORDS = re.compile(r"^learned-static-([1-9]\d*)$")
 _BINS = re.compile(r"^(dset-even|dset-log|const80-log)-([1-9]\d*)$")
-_BIN_KINDS = {"dset-even": "even", "dset-log": "log", "const80-log": "const80-log"}
-_OUR_XOYD = ("1o1d", "1o2d", "4o4d")
+_THEIR_BINS = {"dset-even": "even", "dset-log": "log", "const80-log": "const80-log"}
 _STAGES = ("post_img_feat_stage", "post_lang_corr_stage", "post_depth_pred_stage")
 _ARCHS = {"RN50": "RN50-quickgelu"}
 # File-name legend (research notes section 10): template, depth, object parts after "<dataset>_rn50_".
-_STEM = re.compile(r"^depthclip_(nyu|kitti)_rn50_([a-z0-9]+)_([a-z0-9]+)_([a-z0-9]+)(?:_imgfdep)?_(.+?)(?:_.*)?$")
+_STEM = re.compile(rf"^depthclip_({'|'.join(DATASETS)})_rn50_([a-z0-9]+)_([a-z0-9]+)_([a-z0-9]+)(?:_imgfdep)?"
+                   r"_(.+?)(?:_.*)?$")
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,8 @@ def authors_config_from_mapping(cfg: Mapping[str, Any], source: str = "<config>"
     unsupported: list[str] = []
     notes: list[str] = []
     dataset = _get(cfg, "basic.dataset", source)
-    if dataset not in ("nyu", "kitti"):
-        raise ValueError(f"{source}: basic.dataset must be 'nyu' or 'kitti', got {dataset!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"{source}: basic.dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     model_name = _get(cfg, "model.name", source)
     if model_name != "depthclip":
         unsupported.append(f"model.name: {model_name!r} (only their 'depthclip' model is reproduced)")
@@ -158,7 +159,7 @@ def authors_config_from_mapping(cfg: Mapping[str, Any], source: str = "<config>"
     learned_template = _LEARNED_TEMPLATE.match(str(template_key))
     if template_key in _TEMPLATES:
         template = _TEMPLATES[template_key]
-    elif learned_template and learned_template.group(1) in _OUR_XOYD:
+    elif learned_template and learned_template.group(1) in TEMPLATES:
         template = learned_template.group(1)
     else:
         raise ValueError(f"{source}: depthclip.lang_strat.templates {template_key!r} is not one of their "
@@ -183,7 +184,7 @@ def authors_config_from_mapping(cfg: Mapping[str, Any], source: str = "<config>"
     if bins_key == "paper":
         bins, n_bins = "depthclip", 7
     elif bins_match:
-        bins, n_bins = _BIN_KINDS[bins_match.group(1)], int(bins_match.group(2))
+        bins, n_bins = _THEIR_BINS[bins_match.group(1)], int(bins_match.group(2))
     else:
         raise ValueError(f"{source}: depthclip.lang_strat.depth_bin_centres {bins_key!r} is not one of theirs")
     if n_bins != n_words:

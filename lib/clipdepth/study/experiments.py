@@ -58,6 +58,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from clipdepth.vocab import (
+    BIN_KINDS,
+    DATASET_RANGES,
+    DATASETS,
+    TEMPLATE_CONTEXT_TOKENS,
+    TEMPLATES,
+    Dataset,
+    parse_depth_words,
+)
+
 __all__ = [
     "BIN_KINDS",
     "DATASETS",
@@ -68,7 +78,6 @@ __all__ = [
     "REGISTRY_COLUMNS",
     "TEMPLATES",
     "TEMPLATE_CONTEXT_TOKENS",
-    "WORD_SETS",
     "DatasetSetup",
     "Experiment",
     "Profile",
@@ -87,54 +96,8 @@ __all__ = [
     "variant",
 ]
 
-Dataset = Literal["nyu", "kitti"]
-
-DATASETS: tuple[str, ...] = ("nyu", "kitti")
-
-#: Evaluation/bin range per dataset, metres ([PAPER] section 4.2; configs' min_depth/max_depth).
-DATASET_RANGES: dict[str, tuple[float, float]] = {"nyu": (0.001, 10.0), "kitti": (0.001, 80.0)}
-
-#: Word sets (the depth-slot filler). Human words, random controls and learned tokens; the strings
-#: themselves live in :mod:`clipdepth.model.prompt_learner`. ``learned-<N>`` and ``random-<N>`` are accepted for
-#: any N >= 1.
-WORD_SETS: tuple[str, ...] = (
-    "depth-7",
-    "size-7",
-    "colour-7",
-    "rand-txt-7",
-    "depthclip-7",
-    "random-7",
-    "learned-7",
-    "learned-20",
-    "learned-256",
-)
-
-#: Templates. ``baseline`` = "This object appears to be {depth}", ``depthclip`` = "This object is
-#: {depth}"; ``xoyd`` = x learned context tokens, "object", y learned tokens, then the depth token.
-TEMPLATES: tuple[str, ...] = ("baseline", "depthclip", "1o1d", "1o2d", "4o4d")
-
-#: Learnable context tokens each template adds (shared by all bin prompts).
-TEMPLATE_CONTEXT_TOKENS: dict[str, int] = {"baseline": 0, "depthclip": 0, "1o1d": 2, "1o2d": 3, "4o4d": 8}
-
-#: Bin-centre kinds: uniform or log-uniform midpoints over [min, max]; ``const80-log`` is log-uniform
-#: over a fixed [0.001, 80] m whatever the dataset (for KITTI it equals ``log``); ``depthclip`` is
-#: DepthCLIP's fixed list 1.00 1.50 2.00 2.25 2.50 2.75 3.00 m.
-BIN_KINDS: tuple[str, ...] = ("even", "log", "const80-log", "depthclip")
-
-_LEARNED_RE = re.compile(r"^learned-([1-9]\d*)$")
-_SIZED_RE = re.compile(r"^(?:learned|random)-([1-9]\d*)$")
 _NAME_FIELDS = ("name", "table", "row_label")  # identity, not method: excluded from config_hash
 _MULTIPLE = 32  # RN50 output stride: input sizes must divide into whole feature cells
-
-
-def word_set_size(words: str) -> int:
-    """Number of depth words (= bins) a word set provides; learned-N gives N."""
-    match = _SIZED_RE.match(words)
-    if match:
-        return int(match.group(1))
-    if words in WORD_SETS:
-        return 7
-    raise ValueError(f"unknown word set {words!r}; valid: {', '.join(WORD_SETS)}, learned-<N> or random-<N>")
 
 
 @dataclass(frozen=True)
@@ -222,9 +185,9 @@ class Experiment:
             raise ValueError(f"unknown template {self.template!r}; valid: {', '.join(TEMPLATES)}")
         if self.bins not in BIN_KINDS:
             raise ValueError(f"unknown bin kind {self.bins!r}; valid: {', '.join(BIN_KINDS)}")
-        if word_set_size(self.words) != self.n_bins:
+        if parse_depth_words(self.words).n != self.n_bins:
             raise ValueError(
-                f"{self.name}: word set {self.words!r} has {word_set_size(self.words)} words "
+                f"{self.name}: word set {self.words!r} has {parse_depth_words(self.words).n} words "
                 f"but n_bins={self.n_bins}"
             )
         if self.bins == "depthclip" and self.n_bins != 7:
@@ -253,7 +216,7 @@ class Experiment:
     @property
     def learned_depth(self) -> bool:
         """Whether the depth slot holds learnable vectors (learned-N)."""
-        return bool(_LEARNED_RE.match(self.words))
+        return parse_depth_words(self.words).kind == "learned"
 
     @property
     def n_trainable_tokens(self) -> int:

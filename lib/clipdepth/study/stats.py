@@ -97,8 +97,8 @@ def t_interval(values: Iterable[float] | np.ndarray, confidence: float = 0.95) -
         half_width = t_{(1 + confidence) / 2, n - 1} * s / sqrt(n)
         interval   = [m - half_width, m + half_width]
 
-    where t_{q, n-1} is the q quantile of Student's t with n - 1 degrees of freedom
-    (``scipy.stats.t.ppf``); for 95 % and three seeds t_{0.975, 2} = 4.302653. The interval
+    where t_{q, n-1} is the q quantile of Student's t with n - 1 degrees of freedom; the bounds come
+    from ``scipy.stats.t.interval``. For 95 % and three seeds t_{0.975, 2} = 4.302653. The interval
     assumes the per-seed values are independent draws from a roughly normal distribution; with few
     seeds the t quantile (not 1.96) is what keeps its coverage honest.
 
@@ -111,10 +111,9 @@ def t_interval(values: Iterable[float] | np.ndarray, confidence: float = 0.95) -
     mean = float(np.mean(x))
     if n == 1:
         return TInterval(mean, math.nan, math.nan, math.nan, 1)
-    s = float(np.std(x, ddof=1))
-    t = float(_scipy_stats.t.ppf(0.5 + confidence / 2.0, n - 1))
-    half = t * s / math.sqrt(n)
-    return TInterval(mean, mean - half, mean + half, half, n)
+    sem = float(np.std(x, ddof=1)) / math.sqrt(n)  # scipy's t has no zero-scale interval: identical values
+    low, high = _scipy_stats.t.interval(confidence, n - 1, loc=mean, scale=sem) if sem > 0 else (mean, mean)
+    return TInterval(mean, float(low), float(high), float(high) - mean, n)
 
 
 def paired_differences(a_by_seed: Mapping[int, float], b_by_seed: Mapping[int, float]) -> dict[int, float]:
@@ -152,18 +151,19 @@ def paired_bootstrap(
     """Paired bootstrap over test images of ``statistic(a) - statistic(b)`` for one training seed.
 
     ``per_image_a[i]`` and ``per_image_b[i]`` are one metric of two rows on the same test image i.
-    Each resample draws n image indices with replacement (``np.random.default_rng(seed)``, in blocks
-    of :data:`_BOOTSTRAP_BLOCK` resamples of n indices each, the same stream as drawing the
-    resamples one after the other) and applies them to *both* rows, so the per-image pairing is kept::
+    ``scipy.stats.bootstrap(paired=True, method="percentile")`` does the resampling: each resample
+    draws n image indices with replacement (``np.random.default_rng(seed)``, in blocks of
+    :data:`_BOOTSTRAP_BLOCK` resamples of n indices each, the same stream as drawing the resamples one
+    after the other) and applies them to *both* rows, so the per-image pairing is kept::
 
         idx_r  ~ Uniform{0..n-1}^n,  r = 1..R
         d_r    = statistic(a[idx_r]) - statistic(b[idx_r])
-        interval = [P_{(1-c)/2}(d), P_{(1+c)/2}(d)]  (numpy percentiles, linear interpolation)
+        interval = [P_{(1-c)/2}(d), P_{(1+c)/2}(d)]  (percentiles with linear interpolation)
 
     This is the percentile interval of the test-set noise of the difference. ``statistic`` must
-    accept ``axis=1`` (np.mean, np.median, ...); the paper averages each metric over images, so the
+    accept ``axis`` (np.mean, np.median, ...); the paper averages each metric over images, so the
     default is the mean, for which the difference of means equals the mean of per-image
-    differences. Identical inputs give a zero-width interval at 0.
+    differences. Identical inputs give a zero-width interval at 0, as does a single image.
     """
     confidence = _check_confidence(confidence)
     a = _finite_vector(per_image_a, "per_image_a")
@@ -174,17 +174,14 @@ def paired_bootstrap(
     n_resamples = int(n_resamples)
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
-    n = int(a.size)
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(n_resamples, dtype=np.float64)
-    for start in range(0, n_resamples, _BOOTSTRAP_BLOCK):
-        stop = min(start + _BOOTSTRAP_BLOCK, n_resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        deltas[start:stop] = np.asarray(statistic(a[idx], axis=1)) - np.asarray(statistic(b[idx], axis=1))
-    alpha = 1.0 - confidence
-    low, high = np.percentile(deltas, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
     observed = float(statistic(a)) - float(statistic(b))
-    return BootstrapInterval(observed, float(low), float(high), n, n_resamples)
+    if a.size == 1:  # every resample is the one image (scipy refuses a sample of one)
+        return BootstrapInterval(observed, observed, observed, 1, n_resamples)
+    interval = _scipy_stats.bootstrap(
+        (a, b), lambda x, y, axis: statistic(x, axis=axis) - statistic(y, axis=axis), paired=True,
+        vectorized=True, n_resamples=n_resamples, batch=_BOOTSTRAP_BLOCK, method="percentile",
+        confidence_level=confidence, rng=np.random.default_rng(seed)).confidence_interval
+    return BootstrapInterval(observed, float(interval.low), float(interval.high), int(a.size), n_resamples)
 
 
 def exceeds_noise(low: float, high: float, claimed_sign: int) -> bool:

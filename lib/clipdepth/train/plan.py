@@ -27,6 +27,7 @@ from clipdepth.model.backbone import resolve_device
 from clipdepth.study import experiments
 from clipdepth.study.experiments import Experiment, ResolvedExperiment
 from clipdepth.train.lockstep import RunOptions, Unit, plan
+from clipdepth.vocab import DATASETS
 
 __all__ = ["DEFAULT_SEEDS", "RowSpec", "describe_plan", "plan_lines", "plan_tables", "resolve_rows", "run_options",
            "seeds_of", "spec_names", "table_rows"]
@@ -114,7 +115,7 @@ def spec_names(specs: Iterable[RowSpec], profile: str, params: Mapping[str, Any]
 
 def table_rows(tables: Sequence[str], params: Mapping[str, Any], profile: str) -> list[ResolvedExperiment]:
     """The rows of registry ``tables`` (e.g. ``("t4", "t5")``) for the parameters' ``datasets`` and seeds."""
-    datasets = params.get("datasets") or list(experiments.DATASETS)
+    datasets = params.get("datasets") or list(DATASETS)
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     names = [e.name for t in tables for d in datasets for e in experiments.select(table=t, dataset=d)]
     return resolve_rows(names, profile, params)

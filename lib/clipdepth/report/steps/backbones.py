@@ -32,8 +32,6 @@ from clipdepth.study.experiments import Experiment
 from clipdepth.train import plan
 
 __all__ = [
-    "DEMO_BACKBONES",
-    "PAPER_BACKBONES",
     "ROWS",
     "BackbonePlan",
     "backbone_label",
@@ -46,20 +44,6 @@ __all__ = [
 #: The two registry rows compared on every backbone (Table 3's human depth words and learned tokens).
 ROWS: tuple[str, str] = ("depth-7", "learned-7")
 WORDS, LEARNED = ROWS
-
-#: The demo's backbones: small towers of three image-tower families, random init (offline, CPU).
-DEMO_BACKBONES: list[list[str | None]] = [
-    ["RN50-quickgelu", None], ["ViT-B-32-quickgelu", None], ["convnext_tiny", None],
-]
-
-#: The study's list on real weights: OpenAI's CLIP family, a LAION ConvNeXt, one SigLIP and one EVA-CLIP tag.
-PAPER_BACKBONES: list[list[str | None]] = [
-    ["RN50-quickgelu", "openai"], ["RN101-quickgelu", "openai"], ["ViT-B-32-quickgelu", "openai"],
-    ["ViT-B-16-quickgelu", "openai"], ["ViT-L-14-quickgelu", "openai"], ["convnext_base", "laion400m_s13b_b51k"],
-    ["ViT-B-16-SigLIP", "webli"],
-    ["EVA02-B-16", "merged2b_s8b_b131k"],
-]
-
 
 def backbone_label(arch: str, tag: str | None) -> str:
     """``arch (tag)``, ``arch (random)`` for random init: how a backbone is named in tables and figures."""

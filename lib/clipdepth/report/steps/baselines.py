@@ -41,6 +41,7 @@ from clipdepth.study import experiments
 from clipdepth.study.reference import reference_for
 from clipdepth.study.reference.baselines import PUBLISHED, clip2depth_implied_abs_rel
 from clipdepth.train import plan
+from clipdepth.vocab import DATASETS
 
 __all__ = [
     "DEMO_SETTINGS",
@@ -223,7 +224,7 @@ def published_beside(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         for m in ("abs_rel", "rmse", "log10", "d1", "d2", "d3"):
             add(METHOD_LABELS["depthclip-own"], "nyu", m, own.get(m), ref.get(m), "metric, its own protocol",
                 "clipdepth.study.reference (DepthCLIP Table 1)")
-    for dataset in ("nyu", "kitti"):
+    for dataset in DATASETS:
         learned = _row(rows, f"t3/{dataset}/learned-7")
         paper = reference_for(f"t3/{dataset}/learned-7") or {}
         if learned is not None:

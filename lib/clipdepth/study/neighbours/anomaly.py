@@ -15,7 +15,6 @@ import open_clip
 import pandas as pd
 import torch
 
-from clipdepth.model.prompt_learner import WORD_LISTS
 from clipdepth.study.neighbours.analysis import (
     LEARNED_LABEL,
     PAPER_RANKS,
@@ -26,6 +25,7 @@ from clipdepth.study.neighbours.analysis import (
 )
 from clipdepth.study.neighbours.sweep import VocabSweep, encode_fillings, phrase_fillings, token_strings, tokenizer
 from clipdepth.study.reference import load_table8
+from clipdepth.vocab import WORD_LISTS
 
 __all__ = ["ANOMALY_WORD_SET", "ZERO_TOL", "AnomalyCheck", "anomaly_check", "anomaly_words", "single_token_bins"]
 
