@@ -5,7 +5,7 @@
 #   ./run_all.sh [--profile demo|paper] [--only NAMES] [--jobs N] [--force] [-p NAME VALUE ...]
 #                [--reports-dir DIR]
 #
-# The work is done by `python -m clipdepth.runall` (see its docstring and `./run_all.sh --help`);
+# The work is done by `python -m clipdepth.run.run_all` (see its docstring and `./run_all.sh --help`);
 # this wrapper only picks the interpreter: $CLIPDEPTH_PYTHON, else the repository's .venv, else python3.
 set -euo pipefail
 # relative paths on the command line (-p data_dir, -p weights, --reports-dir) mean the caller's directory
@@ -22,4 +22,4 @@ fi
 # interpreter's bin/ first so jupyter helpers found on PATH belong to the same environment.
 PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):$PATH"
 export PATH
-exec "$PY" -m clipdepth.runall "$@"
+exec "$PY" -m clipdepth.run.run_all "$@"

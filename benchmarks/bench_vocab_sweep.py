@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from clipdepth import neighbours as nb
-from clipdepth.backbone import load_clip, weights_id
+from clipdepth.model.backbone import load_clip, weights_id
+from clipdepth.study import neighbours as nb
 
 ARCH = "RN50-quickgelu"
 

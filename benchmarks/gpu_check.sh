@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from clipdepth.backbone import load_clip
+from clipdepth.model.backbone import load_clip
 from clipdepth.data.paper_shaped import write_paper_shaped
 
 root = Path(sys.argv[1])
@@ -59,7 +59,7 @@ import json
 import sys
 from pathlib import Path
 
-from clipdepth.atomic import atomic_write_json
+from clipdepth._files import atomic_write_json
 
 out, rc, t0, t1 = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 perf = json.loads((out / "performance.json").read_text())

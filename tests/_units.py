@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdepth.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from clipdepth._files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ if "CLIPDEPTH_CACHE_DIR" not in os.environ:  # weights-id cache: never the user'
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from clipdepth.backbone import load_clip  # noqa: E402
+from clipdepth.model.backbone import load_clip  # noqa: E402
 
 
 @pytest.fixture(scope="session")

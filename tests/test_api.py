@@ -13,10 +13,14 @@ import pytest
 import torch
 import yaml
 
-from clipdepth import experiments_cli
-from clipdepth.authors_configs import authors_config_from_mapping, from_authors, lang_strat_from_stem
-from clipdepth.evaluate import depthclip_box, evaluate
-from clipdepth.experiments import (
+from clipdepth.eval.metrics import compute_metrics
+from clipdepth.eval.protocols import depthclip_box, evaluate
+from clipdepth.model.factory import learned_prompt_model, model_for_experiment
+from clipdepth.model.head import DepthOutput, bin_logits, depth_from_probabilities
+from clipdepth.model.prompt_learner import PromptEncoder, PromptLearner, TextEncoder, token_distance
+from clipdepth.study import _cli as experiments_cli
+from clipdepth.study.authors_configs import authors_config_from_mapping, from_authors, lang_strat_from_stem
+from clipdepth.study.experiments import (
     AUTHORS_CONFIGS,
     EXPERIMENTS,
     TrainConfig,
@@ -26,11 +30,7 @@ from clipdepth.experiments import (
     resolve,
     variant,
 )
-from clipdepth.heads import DepthOutput, bin_logits, depth_from_probabilities
-from clipdepth.losses import upsample
-from clipdepth.methods import learned_prompt_model, model_for_experiment
-from clipdepth.metrics import compute_metrics
-from clipdepth.prompts import PromptEncoder, PromptLearner, TextEncoder, token_distance
+from clipdepth.train.losses import upsample
 
 TOKENIZER = open_clip.get_tokenizer("RN50-quickgelu")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdepth.backbone import (
+from clipdepth.model.backbone import (
     WeightsUnavailableError,
     _vit_patch_tokens,
     dense_features,

@@ -1,4 +1,4 @@
-"""Notebook 06's steps (clipdepth.steps.backbones) end to end on tiny settings: the support check, the
+"""Notebook 06's steps (clipdepth.report.steps.backbones) end to end on tiny settings: the support check, the
 rows (lockstep-trained per architecture), the backbone table, the figure and the results file; plus the
 ``backbones`` parameter's declaration. Random-init towers, synthetic NYU, one epoch, 8 images."""
 
@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipdepth import params, report
-from clipdepth.backbone import load_clip
-from clipdepth.steps import backbones as steps
+from clipdepth import report
+from clipdepth.model.backbone import load_clip
+from clipdepth.report.steps import backbones as steps
+from clipdepth.run import params
 
 ARCHS = ["RN50-quickgelu", "ViT-B-32-quickgelu"]
-TRAIN_SIZE = (128, 160)  # demo NYU train size (clipdepth.experiments.PROFILES["demo"])
+TRAIN_SIZE = (128, 160)  # demo NYU train size (clipdepth.study.experiments.PROFILES["demo"])
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipdepth import experiments
-from clipdepth.backbone import load_clip
 from clipdepth.baselines import CLIP2Depth, CLIP2DepthConfig, FitConfig, TrainBatches, design_choices, fit, probe_loss
 from clipdepth.baselines.runner import run_baseline
+from clipdepth.model.backbone import load_clip
+from clipdepth.study import experiments
 
 N_TRAIN, N_TEST = 16, 4
 

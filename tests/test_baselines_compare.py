@@ -7,8 +7,8 @@ import math
 import pytest
 
 from clipdepth.baselines import PUBLISHED, clip2depth_implied_abs_rel, published_table
-from clipdepth.metrics import METRIC_NAMES
-from clipdepth.steps.baselines import published_beside, summary_table
+from clipdepth.eval.metrics import METRIC_NAMES
+from clipdepth.report.steps.baselines import published_beside, summary_table
 
 
 def _row(experiment: str, dataset: str, abs_rel: float, **extra) -> dict:

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from clipdepth import experiments
-from clipdepth.backbone import WeightsUnavailableError
 from clipdepth.baselines import LLMMDE, FitConfig, LLMMDEConfig, TrainBatches, build_llm_mde, fit, probe_loss
 from clipdepth.baselines.llm_mde import (
     DEPTHCLIP_WORDS,
@@ -29,7 +27,9 @@ from clipdepth.baselines.llm_mde import (
     image_statistics,
     normalised_metrics,
 )
-from clipdepth.metrics import compute_metrics
+from clipdepth.eval.metrics import compute_metrics
+from clipdepth.model.backbone import WeightsUnavailableError
+from clipdepth.study import experiments
 
 N_TRAIN, N_TEST = 16, 4
 SMALL = dict(image_size=32, vit_name="vit_tiny_patch16_224", bert_layers=2, bert_hidden=64, bert_heads=2,
@@ -191,10 +191,10 @@ def test_paper_profile_without_cache_raises_a_clear_error(tmp_path, monkeypatch)
 
 
 def test_one_pass_scoring_equals_the_metric_protocol():
-    """evaluate_normalised's metric half is exactly clipdepth.evaluate's authors protocol."""
+    """evaluate_normalised's metric half is exactly clipdepth.eval.protocols's authors protocol."""
     from clipdepth.baselines.llm_mde import evaluate_normalised
     from clipdepth.data.profile_data import open_split
-    from clipdepth.evaluate import evaluate
+    from clipdepth.eval.protocols import evaluate
 
     resolved = experiments.resolve("t3/nyu/learned-7", "demo")
     test = open_split(resolved, "test", n_train=N_TRAIN, n_test=N_TEST)

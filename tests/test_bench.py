@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from clipdepth.bench import summary_lines, time_call
-from clipdepth.cli import build_parser
+from clipdepth.run.bench import summary_lines, time_call
+from clipdepth.run.cli import build_parser
 
 
 def test_time_call_runs_warmup_then_repeats():

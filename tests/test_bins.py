@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipdepth.bins import DEPTHCLIP_BINS, bin_centres
+from clipdepth.model.bins import DEPTHCLIP_BINS, bin_centres
 
 
 def test_nyu_even_7_matches_the_paper():

@@ -26,9 +26,9 @@ from open_clip.model import convert_weights_to_fp16
 from safetensors.torch import save_file
 from torch import nn
 
-from clipdepth import checkpoints
-from clipdepth.backbone import CheckpointError, WeightsUnavailableError, dense_features, load_clip, weights_id
-from clipdepth.checkpoints import EXPECTED_FORMATS, checkpoint_format, read_state_dict
+from clipdepth.model import checkpoints
+from clipdepth.model.backbone import CheckpointError, WeightsUnavailableError, dense_features, load_clip, weights_id
+from clipdepth.model.checkpoints import EXPECTED_FORMATS, checkpoint_format, read_state_dict
 
 ARCH = "RN50-quickgelu"
 PROMPTS = ["This object appears to be close", "This object appears to be very distant", "a photo of a room"]

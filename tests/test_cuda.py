@@ -16,9 +16,9 @@ import sys
 import pytest
 import torch
 
-from clipdepth.lockstep import RunOptions, run_units
-from clipdepth.provenance import resolve_device
-from clipdepth.train import resolve_row
+from clipdepth.report.provenance import resolve_device
+from clipdepth.train.lockstep import RunOptions, run_units
+from clipdepth.train.trainer import resolve_row
 
 _no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

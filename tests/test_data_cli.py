@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from clipdepth.cli import main
 from clipdepth.data.common import read_manifest
+from clipdepth.run.cli import main
 
 
 def test_synth_then_check_ok(tmp_path, capsys):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipdepth.evaluate import depthclip_box, evaluate, flip_average, predict_depthclip_protocol
-from clipdepth.metrics import valid_mask
+from clipdepth.eval.metrics import valid_mask
+from clipdepth.eval.protocols import depthclip_box, evaluate, flip_average, predict_depthclip_protocol
 
 
 def test_flip_average_sanitises_then_flips_back():

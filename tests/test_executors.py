@@ -1,4 +1,4 @@
-"""clipdepth.executors: local worker processes, real submitit LocalExecutor jobs, and Slurm's fail-fast path.
+"""clipdepth.run.executors: local worker processes, real submitit LocalExecutor jobs, and Slurm's fail-fast path.
 
 The unit is the stand-in ``tests/_units.StepUnit`` (a resumable hash chain ending in a float matrix
 product), so these tests prove the executor layer: same files whichever executor ran a unit, reruns
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from _units import StepUnit
 
-from clipdepth import runall
-from clipdepth.executors import (
+from clipdepth.run import run_all as runall
+from clipdepth.run.executors import (
     ExecutionReport,
     ExecutorError,
     ExecutorOptions,
@@ -191,7 +191,7 @@ def test_slurm_without_sbatch_fails_at_once(tmp_path, monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1
 
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "clipdepth.runall", "--executor", "slurm"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "clipdepth.run.run_all", "--executor", "slurm"], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(LIB)}, cwd=tmp_path)
     assert proc.returncode == 2 and "cannot submit Slurm jobs" in proc.stderr
     assert time.monotonic() - t0 < 30

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from clipdepth import experiments as ex
-from clipdepth import experiments_cli
-from clipdepth.experiments import (
+from clipdepth.study import _cli as experiments_cli
+from clipdepth.study import experiments as ex
+from clipdepth.study.experiments import (
     EXPERIMENTS,
     PROFILES,
     DatasetSetup,
@@ -163,7 +163,7 @@ def test_config_hash_is_sha256_of_sorted_method_json() -> None:
 def test_config_hash_is_stable_across_processes() -> None:
     # A fresh interpreter with another str-hash seed must give the same digest (no reliance on hash()).
     code = (
-        "from clipdepth.experiments import EXPERIMENTS, config_hash; "
+        "from clipdepth.study.experiments import EXPERIMENTS, config_hash; "
         "print(config_hash(EXPERIMENTS['t7/nyu/learned-256-log']))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
@@ -338,7 +338,7 @@ def test_console_describe(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_dispatcher_registers_the_command(capsys: pytest.CaptureFixture[str]) -> None:
-    from clipdepth import cli
+    from clipdepth.run import cli
 
     assert cli.main(["experiments", "list", "--pattern", "depthclip"]) == 0
     assert "depthclip/nyu/zero-shot" in capsys.readouterr().out
@@ -439,9 +439,9 @@ def test_registry_table_bad_lines(tmp_path, line: str, message: str) -> None:
 def test_registry_table_is_package_data() -> None:
     from importlib import resources
 
-    assert resources.files("clipdepth").joinpath("reference", "registry.csv").is_file()
+    assert resources.files("clipdepth").joinpath("study", "reference", "registry.csv").is_file()
     with open("pyproject.toml", encoding="utf-8") as f:
-        assert 'clipdepth = ["reference/*.csv"]' in f.read()
+        assert 'clipdepth = ["study/reference/*.csv"]' in f.read()
 
 
 def test_new_fields_enter_the_hash_only_when_set() -> None:

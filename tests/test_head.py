@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdepth.backbone import dense_features
-from clipdepth.bins import DEPTHCLIP_BINS
-from clipdepth.heads import normalise_text
-from clipdepth.losses import silog_loss
-from clipdepth.methods import depthclip_zero_shot, learned_prompt_model
-from clipdepth.prompts import WORD_LISTS
+from clipdepth.model.backbone import dense_features
+from clipdepth.model.bins import DEPTHCLIP_BINS
+from clipdepth.model.factory import depthclip_zero_shot, learned_prompt_model
+from clipdepth.model.head import normalise_text
+from clipdepth.model.prompt_learner import WORD_LISTS
+from clipdepth.train.losses import silog_loss
 
 
 def test_text_normalisations():

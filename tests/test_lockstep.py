@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipdepth import experiments
-from clipdepth.lockstep import LockstepGroup, RunOptions, SharedEvaluation, SingleRow, plan, run_units, stream_key
-from clipdepth.losses import SILogTarget, interpolation_matrix, silog_loss, upsample
-from clipdepth.train import Trainer, resolve_row
+from clipdepth.study import experiments
+from clipdepth.train.lockstep import LockstepGroup, RunOptions, SharedEvaluation, SingleRow, plan, run_units, stream_key
+from clipdepth.train.losses import SILogTarget, interpolation_matrix, silog_loss, upsample
+from clipdepth.train.trainer import Trainer, resolve_row
 
 # three trained NYU rows with different token counts and bins: 7 learned depth tokens; 8 learned context
 # tokens around the depth-7 words; 20 learned depth tokens on log bins

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipdepth.metrics import METRIC_NAMES, average_metrics, compute_metrics, crop_mask, valid_mask
+from clipdepth.eval.metrics import METRIC_NAMES, average_metrics, compute_metrics, crop_mask, valid_mask
 
 
 def test_perfect_prediction():

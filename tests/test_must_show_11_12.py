@@ -27,16 +27,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipdepth import runall
-from clipdepth.atomic import file_lock
-from clipdepth.backbone import load_clip
-from clipdepth.checkpoints import file_sha256
-from clipdepth.codeid import code_fingerprint, computing_modules
+from clipdepth._files import file_lock
 from clipdepth.data import DataError
 from clipdepth.data.profile_data import open_split
-from clipdepth.lockstep import LockstepGroup, RunOptions, plan, run_units
-from clipdepth.neighbours.sweep import vocab_sweep
-from clipdepth.train import resolve_row
+from clipdepth.model.backbone import load_clip
+from clipdepth.model.checkpoints import file_sha256
+from clipdepth.run import run_all as runall
+from clipdepth.study.neighbours.sweep import vocab_sweep
+from clipdepth.train._codeid import code_fingerprint, computing_modules
+from clipdepth.train.lockstep import LockstepGroup, RunOptions, plan, run_units
+from clipdepth.train.trainer import resolve_row
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = REPO / "lib"
@@ -77,8 +77,8 @@ def _options(root: Path, **kw) -> RunOptions:
 _ONE_ROW = r"""
 import json, sys, time
 from pathlib import Path
-from clipdepth.lockstep import RunOptions, run_units
-from clipdepth.train import resolve_row
+from clipdepth.train.lockstep import RunOptions, run_units
+from clipdepth.train.trainer import resolve_row
 
 root, me = Path(sys.argv[1]), sys.argv[2]
 row = resolve_row("t3/nyu/learned-7", "demo", "faithful", epochs=1)
@@ -185,8 +185,9 @@ def test_a_corrupt_test_frame_stops_a_training_row_before_the_first_step(tmp_pat
 _NOTEBOOK = r"""
 import json, sys
 from pathlib import Path
-from clipdepth import notebook, report_html
-from clipdepth.codeid import code_fingerprint
+from clipdepth.report import session as notebook
+from clipdepth.report import index_page as report_html
+from clipdepth.train._codeid import code_fingerprint
 
 root = Path(sys.argv[1])
 out = {"fingerprint": code_fingerprint(), "package": notebook.__file__}
@@ -215,8 +216,9 @@ def _append_comment(package: Path, module: str) -> None:
 
 def test_report_layer_edits_keep_the_fingerprint_computing_edits_change_it(tmp_path):
     modules = computing_modules()
-    assert "clipdepth.metrics" in modules and "clipdepth.train" in modules
-    assert not {"clipdepth.figures", "clipdepth.report_html", "clipdepth.notebook", "clipdepth.runall"} & set(modules)
+    assert "clipdepth.eval.metrics" in modules and "clipdepth.train.trainer" in modules
+    assert not {"clipdepth.report.figures", "clipdepth.report.index_page", "clipdepth.report.session",
+                "clipdepth.run.run_all"} & set(modules)
     original = code_fingerprint(_copy_package(tmp_path / "original") / "clipdepth")
     report_edit = _copy_package(tmp_path / "report-edit")
     _append_comment(report_edit, "figures.py")
@@ -273,7 +275,7 @@ def test_two_threads_asking_for_one_sweep_entry_compute_it_once(tmp_path, rn50):
     cache = tmp_path / "neighbours"
     cache.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from clipdepth.atomic import _HOST
+    from clipdepth._files import _HOST
 
     leftover = cache / f".x.tmp-{_HOST}-{int(dead.stdout)}-0000abcd"  # a build killed mid-way
     leftover.mkdir()

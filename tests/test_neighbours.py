@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from clipdepth import neighbours as nb
-from clipdepth.neighbours import sweep as nb_sweep
-from clipdepth.prompts import PromptEncoder, encode_embeddings
+from clipdepth.model.prompt_learner import PromptEncoder, encode_embeddings
+from clipdepth.study import neighbours as nb
+from clipdepth.study.neighbours import sweep as nb_sweep
 
 TOKENIZER = open_clip.get_tokenizer("RN50-quickgelu")
 WEIGHTS = "random:0"  # conftest's rn50 is load_clip(seed=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from clipdepth.runall import NotebookParameterError, discover_notebooks, notebook_parameters, parameters_cell
+from clipdepth.run.run_all import NotebookParameterError, discover_notebooks, notebook_parameters, parameters_cell
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = discover_notebooks(NOTEBOOKS_DIR)

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdepth import experiments
-from clipdepth.cli import main
 from clipdepth.data import splits as splits_module
 from clipdepth.data.common import DataError, read_manifest
 from clipdepth.data.kitti import KITTIEigen
@@ -18,6 +16,8 @@ from clipdepth.data.nyu import NYUDepthV2
 from clipdepth.data.paper_shaped import KITTI_DATES, write_paper_shaped
 from clipdepth.data.profile_data import open_split, subset_label
 from clipdepth.data.synthetic import TEST_INDEX_OFFSET, render_indoor, render_outdoor
+from clipdepth.run.cli import main
+from clipdepth.study import experiments
 
 N_TRAIN, N_TEST = 5, 3  # five KITTI train frames meet the five recording dates (raw sizes)
 LINES = {"nyu_train": 300, "nyu_test": 200, "kitti_train": 300, "kitti_test": 200}

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdepth.bench import distinct_trained_rows
-from clipdepth.heads import normalise_text
-from clipdepth.losses import SILogTarget
-from clipdepth.prompts import PromptEncoder, encode_prompts
-from clipdepth.text_towers import MIN_ROWS, PromptGroup, _Layout, encode_embeddings, encode_prompt_groups
-from clipdepth.train import build_model, resolve_row
-from clipdepth.train_protocol import make_optimiser, optimiser_step, optimiser_steps
+from clipdepth.model.head import normalise_text
+from clipdepth.model.prompt_learner import PromptEncoder, encode_prompts
+from clipdepth.model.text_encoder import MIN_ROWS, PromptGroup, _Layout, encode_embeddings, encode_prompt_groups
+from clipdepth.run.bench import distinct_trained_rows
+from clipdepth.train.losses import SILogTarget
+from clipdepth.train.step import make_optimiser, optimiser_step, optimiser_steps
+from clipdepth.train.trainer import build_model, resolve_row
 
 
 def _encoders(rn50, names):

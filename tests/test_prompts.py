@@ -6,7 +6,7 @@ import open_clip
 import pytest
 import torch
 
-from clipdepth.prompts import TEMPLATES, WORD_LISTS, PromptEncoder, parse_depth_words, resolve_template
+from clipdepth.model.prompt_learner import TEMPLATES, WORD_LISTS, PromptEncoder, parse_depth_words, resolve_template
 
 TOKENIZER = open_clip.get_tokenizer("RN50-quickgelu")
 # Single-token words used to fill vector slots, so the same prompt also exists as a plain string.
@@ -137,7 +137,7 @@ def test_shared_prefix_runs_once_and_equals_the_full_pass(rn50, words, template,
     """"<sot> This object appears to be" (and context tokens, one vector for all prompts) is common to every
     prompt: computed once, the features and the token gradients equal the full causal pass to float32
     rounding (the depth slot, different per prompt, ends the shared part)."""
-    from clipdepth.text_towers import encode_embeddings
+    from clipdepth.model.text_encoder import encode_embeddings
 
     enc = PromptEncoder(rn50, words, template)
     assert enc.shared_prefix == prefix

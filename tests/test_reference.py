@@ -8,8 +8,8 @@ from importlib import resources
 import pandas as pd
 import pytest
 
-from clipdepth import experiments, reference
-from clipdepth.reference import (
+from clipdepth.study import experiments, reference
+from clipdepth.study.reference import (
     METRICS,
     PAPER_METRIC_NOTE,
     REFERENCE_COLUMNS,
@@ -40,7 +40,7 @@ def test_all_tables_concatenated() -> None:
 
 def test_csv_files_are_package_resources() -> None:
     # pyproject ships reference/*.csv as package data; the loader must not depend on a checkout.
-    names = {p.name for p in resources.files("clipdepth.reference").iterdir()}
+    names = {p.name for p in resources.files("clipdepth.study.reference").iterdir()}
     assert set(reference.TABLES.values()) | {"table8.csv"} <= names
 
 

@@ -15,9 +15,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from clipdepth import experiments, notebook, report, report_html  # noqa: E402
-from clipdepth.metrics import METRIC_NAMES  # noqa: E402
-from clipdepth.reference import reference_for  # noqa: E402
+from clipdepth import report  # noqa: E402
+from clipdepth.eval.metrics import METRIC_NAMES  # noqa: E402
+from clipdepth.report import index_page as report_html  # noqa: E402
+from clipdepth.report import session as notebook  # noqa: E402
+from clipdepth.study import experiments  # noqa: E402
+from clipdepth.study.reference import reference_for  # noqa: E402
 
 
 def _row(name: str, **metrics: float) -> dict:
@@ -320,7 +323,7 @@ def test_force_recomputes_a_shared_run_once_per_run_all(tmp_path, monkeypatch) -
     started counts as fresh; an older one is recomputed."""
     from types import SimpleNamespace
 
-    from clipdepth import plan
+    from clipdepth.train import plan
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdepth.cli import main
 from clipdepth.data import DataError, NYUDepthV2
 from clipdepth.data.download import extract_archive
-from clipdepth.metrics import compute_metrics
+from clipdepth.eval.metrics import compute_metrics
+from clipdepth.run.cli import main
 
 
 def _frame(folder: Path, stem: str) -> tuple[Path, Path]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from clipdepth import params, runall
+from clipdepth.run import params
+from clipdepth.run import run_all as runall
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ALL = REPO / "run_all.sh"
@@ -31,7 +32,7 @@ def test_declarations_match_the_notebooks_parameters_cells() -> None:
     for nb in notebooks:
         for name, default in runall.notebook_parameters(nb).items():
             used.setdefault(name, default)
-            assert name in params.PARAMETERS, f"{nb.name}: parameter {name!r} has no declaration in clipdepth.params"
+            assert name in params.PARAMETERS, f"{nb.name}: parameter {name!r} undeclared in clipdepth.run.params"
             params.check_parameter(name, default, REPO)  # every default is itself allowed
     assert set(params.PARAMETERS) - set(used) == set(params.FUTURE), "declared but in no notebook"
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from clipdepth.data.synthetic import ensure_synthetic_dataset
-from clipdepth.features import FeatureCache, FeatureKey
+from clipdepth.train.feature_cache import FeatureCache, FeatureKey
 
 KEY = FeatureKey("RN50-quickgelu", "random:0", "depthclip", "imagenet", (8, 8), "robust", "test")
 
@@ -33,7 +33,7 @@ WORKER = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
     import numpy as np, torch
-    from clipdepth.features import FeatureCache, FeatureKey
+    from clipdepth.train.feature_cache import FeatureCache, FeatureKey
 
     root, marks = Path(sys.argv[1]), Path(sys.argv[2])
     key = FeatureKey("RN50-quickgelu", "random:0", "depthclip", "imagenet", (8, 8), "robust", "test")
@@ -143,7 +143,7 @@ def test_cache_entries_follow_the_umask(tmp_path):
 def test_synthetic_dataset_build_removes_dead_temporaries_and_follows_the_umask(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from clipdepth.atomic import _HOST
+    from clipdepth._files import _HOST
 
     stale = tmp_path / f".nyu.tmp-{_HOST}-{dead.pid}-deadbeef"
     (stale / "sync").mkdir(parents=True)
@@ -165,7 +165,7 @@ def test_second_synthetic_build_waits_for_the_first_and_reuses_it(tmp_path, mark
         f"""
         import time
         from pathlib import Path
-        from clipdepth.atomic import file_lock
+        from clipdepth._files import file_lock
         from clipdepth.data.synthetic import write_synthetic_dataset, ensure_synthetic_dataset
 
         root, marks = Path({str(root)!r}), Path({str(marks)!r})

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdepth import runall
 from clipdepth.data import DataError, NYUDepthV2
 from clipdepth.data.synthetic import ensure_synthetic_dataset
 from clipdepth.data.validate import raise_if_invalid, validate_split
+from clipdepth.run import run_all as runall
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipdepth.executors import ExecutorOptions, run_units
-from clipdepth.lockstep import LockstepGroup, RunOptions, plan
-from clipdepth.train import resolve_row
+from clipdepth.run.executors import ExecutorOptions, run_units
+from clipdepth.train.lockstep import LockstepGroup, RunOptions, plan
+from clipdepth.train.trainer import resolve_row
 
 NAMES = ("t3/nyu/learned-7", "t4/nyu/1o1d", "t3/nyu/depth-7", "t3/nyu/random-7")
 LIB = Path(__file__).resolve().parents[1] / "lib"

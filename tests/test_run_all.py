@@ -14,9 +14,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from clipdepth import experiments, plan, runall
-from clipdepth.metrics import METRIC_NAMES
-from clipdepth.reference import reference_for
+from clipdepth.eval.metrics import METRIC_NAMES
+from clipdepth.run import run_all as runall
+from clipdepth.study import experiments
+from clipdepth.study.reference import reference_for
+from clipdepth.train import plan
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ALL = REPO / "run_all.sh"

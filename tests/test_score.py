@@ -23,13 +23,13 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdepth.cli import main
 from clipdepth.data import NYUDepthV2
 from clipdepth.data.common import read_depth_png, write_depth_png
-from clipdepth.evaluate import evaluate
-from clipdepth.losses import upsample
-from clipdepth.metrics import METRIC_NAMES, compute_metrics, crop_mask, pixel_sums, pooled_metrics
-from clipdepth.scoring import PROTOCOLS, name_from_key, score_predictions
+from clipdepth.eval.metrics import METRIC_NAMES, compute_metrics, crop_mask, pixel_sums, pooled_metrics
+from clipdepth.eval.protocols import evaluate
+from clipdepth.eval.score import PROTOCOLS, name_from_key, score_predictions
+from clipdepth.run.cli import main
+from clipdepth.train.losses import upsample
 
 NYU_NAMES = ["bathroom/rgb_00045", "bedroom/rgb_00059"]
 KITTI_DRIVE = "2011_09_26_drive_0002_sync"
@@ -277,7 +277,7 @@ def test_median_scaling_and_depth_range_options(nyu, tmp_path):
 
 
 def test_resize_matches_the_evaluate_path(nyu, tmp_path):
-    """Low-resolution maps with --resize score exactly as clipdepth.evaluate scores a predictor returning them
+    """Low-resolution maps with --resize score exactly as clipdepth.eval.protocols scores a predictor returning them
     (authors' protocol and DepthCLIP's), so the notebooks and the scorer share one code path."""
     reader = NYUDepthV2(nyu["root"], "test", nyu["split"])
     low = _predictions("nyu", (15, 20), seed=7)

@@ -1,9 +1,9 @@
 """The scorecard draws verdicts only where meaningful, averages seeds, shows both averages and how each row was made.
 
-Rows are written by hand in the shape :func:`clipdepth.notebook.run_rows` returns (experiment,
+Rows are written by hand in the shape :func:`clipdepth.report.session.run_rows` returns (experiment,
 metrics per image, ``pooled``, ``seed``, ``protocol``, ``stale``, ``computed_by``, ``subset_label``),
-finished with :func:`clipdepth.notebook.finish_notebook` and rendered with
-:func:`clipdepth.report_html.render_index`, so the whole path from rows to pages is exercised.
+finished with :func:`clipdepth.report.session.finish_notebook` and rendered with
+:func:`clipdepth.report.index_page.render_index`, so the whole path from rows to pages is exercised.
 """
 
 from __future__ import annotations
@@ -18,9 +18,13 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from clipdepth import experiments, notebook, report, report_html, scorecard  # noqa: E402
-from clipdepth.metrics import METRIC_NAMES  # noqa: E402
-from clipdepth.reference import reference_for  # noqa: E402
+from clipdepth import report  # noqa: E402
+from clipdepth.eval.metrics import METRIC_NAMES  # noqa: E402
+from clipdepth.report import index_page as report_html  # noqa: E402
+from clipdepth.report import session as notebook  # noqa: E402
+from clipdepth.study import comparison as scorecard  # noqa: E402
+from clipdepth.study import experiments  # noqa: E402
+from clipdepth.study.reference import reference_for  # noqa: E402
 
 NYU_T3 = [e.name for e in experiments.select(table="t3", dataset="nyu")]
 SUBSET_LABEL = "subset: 8 of 24,231 train / 654 test"

@@ -16,10 +16,12 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from clipdepth import plan, report, seed_study
-from clipdepth.prompts import AUTHORS_EXAMPLE_INPUT, TOKEN_INIT_STD, token_distance
-from clipdepth.reference import reference_for
-from clipdepth.steps import seeds as seed_steps
+from clipdepth import report
+from clipdepth.model.prompt_learner import AUTHORS_EXAMPLE_INPUT, TOKEN_INIT_STD, token_distance
+from clipdepth.report.steps import seeds as seed_steps
+from clipdepth.study import seeds as seed_study
+from clipdepth.study.reference import reference_for
+from clipdepth.train import plan
 
 ROWS = ("t4/nyu/1o1d", "t4/nyu/4o4d", "t4/nyu/baseline")
 SEEDS = [42, 1]

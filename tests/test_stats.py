@@ -1,4 +1,4 @@
-"""Seed statistics (clipdepth.stats), the paper's claims as data, and the seed-study notebook steps.
+"""Seed statistics (clipdepth.study.stats), the paper's claims as data, and the seed-study notebook steps.
 
 Intervals are checked against hand-worked numbers and against scipy's t quantiles; the vectorised
 paired bootstrap against a slow per-resample loop that draws the same random indices; the claims
@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from clipdepth import experiments, metrics, seed_study
-from clipdepth.reference import reference_for
-from clipdepth.reference.claims import CLAIM_COLUMNS, HIGHER_IS_BETTER, load_claims
-from clipdepth.stats import (
+from clipdepth.eval import metrics
+from clipdepth.study import experiments
+from clipdepth.study import seeds as seed_study
+from clipdepth.study.reference import reference_for
+from clipdepth.study.reference.claims import CLAIM_COLUMNS, HIGHER_IS_BETTER, load_claims
+from clipdepth.study.stats import (
     aggregate_rows,
     exceeds_noise,
     paired_bootstrap,
@@ -224,7 +226,7 @@ def test_rows_need_distinct_integer_seeds() -> None:
 
 
 def test_claims_file_is_package_data() -> None:
-    assert "claims.csv" in {p.name for p in resources.files("clipdepth.reference").iterdir()}
+    assert "claims.csv" in {p.name for p in resources.files("clipdepth.study.reference").iterdir()}
 
 
 def test_claims_name_registry_rows_and_deltas_are_published_differences() -> None:

@@ -11,10 +11,8 @@ import torch
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from clipdepth.backbone import dense_features, feature_stride, normalise_images, text_width
-from clipdepth.backbones import backbone_experiments, describe_backbone
-from clipdepth.experiments import config_hash, variant
-from clipdepth.prompts import (
+from clipdepth.model.backbone import dense_features, feature_stride, normalise_images, text_width
+from clipdepth.model.prompt_learner import (
     PromptEncoder,
     PromptTokenizer,
     encode_embeddings,
@@ -23,6 +21,8 @@ from clipdepth.prompts import (
     text_tower,
     truncation_is_exact,
 )
+from clipdepth.model.towers import backbone_experiments, describe_backbone
+from clipdepth.study.experiments import config_hash, variant
 
 TOLERANCE = 1e-5
 TOKENIZER = open_clip.get_tokenizer("RN50-quickgelu")
@@ -207,7 +207,7 @@ def test_timm_token_towers_are_refused_clearly():
 
 
 # ---------------------------------------------------------------------------------------------
-# Backbone sweep helper (clipdepth.backbones)
+# Backbone sweep helper (clipdepth.model.towers)
 # ---------------------------------------------------------------------------------------------
 
 

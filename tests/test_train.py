@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipdepth import experiments
 from clipdepth.data.transforms import to_tensor
-from clipdepth.features import FeatureCache, FeatureKey
-from clipdepth.train import Trainer, batch_order, resolve_row
+from clipdepth.study import experiments
+from clipdepth.train.feature_cache import FeatureCache, FeatureKey
+from clipdepth.train.trainer import Trainer, batch_order, resolve_row
 
 N_TRAIN, N_TEST = 16, 4
 

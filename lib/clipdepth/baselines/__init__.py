@@ -8,14 +8,14 @@
 - :mod:`.fit`: the shared fitting loop; :mod:`.runner`: train + score + cache one run;
   :mod:`.published`: their published numbers with sources and kinds.
 
-DepthCLIP (zero-shot) is not here: it is a bin-prompt model, :func:`clipdepth.methods.depthclip_zero_shot`.
+DepthCLIP (zero-shot) is not here: it is a bin-prompt model, :func:`clipdepth.model.factory.depthclip_zero_shot`.
 """
 
-from .clip2depth import CLIP2Depth, CLIP2DepthConfig, build_clip2depth, design_choices
-from .fit import FitConfig, FitResult, TrainBatches, fit, probe_loss
-from .llm_mde import LLMMDE, LLMMDEConfig, build_llm_mde, evaluate_normalised, normalised_metrics
-from .published import PUBLISHED, clip2depth_implied_abs_rel, published_table
-from .runner import METHODS, BaselineResult, run_baseline
+from clipdepth.baselines.clip2depth import CLIP2Depth, CLIP2DepthConfig, build_clip2depth, design_choices
+from clipdepth.baselines.fit import FitConfig, FitResult, TrainBatches, fit, probe_loss
+from clipdepth.baselines.llm_mde import LLMMDE, LLMMDEConfig, build_llm_mde, evaluate_normalised, normalised_metrics
+from clipdepth.baselines.runner import METHODS, BaselineResult, run_baseline
+from clipdepth.study.reference.baselines import PUBLISHED, clip2depth_implied_abs_rel, published_table
 
 __all__ = [
     "CLIP2Depth",

@@ -40,7 +40,7 @@ the baselines notebook through :func:`design_choices`):
    re-implementation of this recipe (a thesis; peers.md).
 7. Output: ``max_depth * sigmoid(z)``: positive (the log loss needs it), bounded by the evaluation range
    of the dataset, and 0.5 * max_depth at initialisation, which starts training at a sensible scale.
-8. Loss: the AdaBins/BTS SILog (lambda 0.85, x10, ``clipdepth.losses.silog_loss``), the loss every
+8. Loss: the AdaBins/BTS SILog (lambda 0.85, x10, ``clipdepth.train.losses.silog_loss``), the loss every
    CLIP depth paper of this line uses; the paper only says "modified scale-invariant loss".
 9. Input normalisation: CLIP's own mean/std (CLIP2Depth is a CLIP model with its own pipeline; the
    learned-prompt rows use ImageNet statistics because the authors' code did).
@@ -62,10 +62,10 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from ..backbone import load_clip, normalise_images, text_width, vit_positional_embedding
-from ..data.specs import get_spec
-from ..losses import silog_loss
-from ..prompts import TOKEN_INIT_STD, encode_embeddings
+from clipdepth.data.specs import get_spec
+from clipdepth.model.backbone import load_clip, normalise_images, text_width, vit_positional_embedding
+from clipdepth.model.prompt_learner import TOKEN_INIT_STD, encode_embeddings
+from clipdepth.train.losses import silog_loss
 
 __all__ = [
     "CLIP2Depth",
@@ -343,7 +343,7 @@ def build_clip2depth(
     """CLIP2Depth for a dataset (``max_depth`` 10 m NYU, 80 m KITTI) on a frozen CLIP.
 
     ``weights``: None = random-init CLIP of the real architecture (demo), ``"openai"`` or a file (paper);
-    see :func:`clipdepth.backbone.load_clip`. Extra keywords override :class:`CLIP2DepthConfig` fields.
+    see :func:`clipdepth.model.backbone.load_clip`. Extra keywords override :class:`CLIP2DepthConfig` fields.
     """
     max_depth = get_spec(dataset).max_depth  # raises a clear ValueError for an unknown dataset
     fields = {f.name for f in dataclasses.fields(CLIP2DepthConfig)}

@@ -1,6 +1,6 @@
 """A small, seeded fitting loop shared by the trained baselines (CLIP2Depth, LLM-MDE).
 
-Why not :class:`clipdepth.train.Trainer`: that trainer is built around the bin-prompt model (cached CLIP
+Why not :class:`clipdepth.train.trainer.Trainer`: that trainer is built around the bin-prompt model (cached CLIP
 features, only prompt tokens trainable). The baselines train decoders and adapters on live images, so
 they need only the plain loop here: AdamW, a per-step learning-rate schedule, optional gradient
 clipping, tqdm, CPU or CUDA. Batches come from the study's own readers and AdaBins augmentation, with
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.profile_data import open_split
-from ..data.transforms import TrainTransform, to_tensor
-from ..train import batch_order
+from clipdepth.data.profile_data import open_split
+from clipdepth.data.transforms import TrainTransform, to_tensor
+from clipdepth.train.trainer import batch_order
 
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "poly")
 

@@ -55,7 +55,7 @@ Deviations, each deliberate and visible in :class:`LLMMDEConfig`:
   never predict beyond 1 m and is only meaningful after their min-max-normalised scoring. To score it in
   the metric protocol used for every other row we predict ``max_depth * sigmoid`` (``output="metric"``);
   ``output="unit"`` restores their raw sigmoid.
-- Scoring: metric protocol by default (``clipdepth.evaluate``); :func:`evaluate_normalised` reproduces
+- Scoring: metric protocol by default (``clipdepth.eval.protocols``); :func:`evaluate_normalised` reproduces
   their min-max-normalised scoring (prediction and ground truth each rescaled to [0, 1] per image,
   clamped at 1e-3) so the two can be compared.
 - Augmentation: the study's AdaBins augmentation and crops (as every trained row), not their rotation
@@ -66,7 +66,7 @@ uses ``bert-base-uncased``'s tokenizer when its files are in the local Hugging F
 deterministic WordPiece vocabulary that covers the prompt (:func:`demo_tokenizer`; the case here, where
 nothing can be downloaded); ``pretrained=True`` (paper) loads timm's ``vit_base_patch16_224`` and
 ``google-bert/bert-base-uncased`` from the local Hugging Face cache only and raises
-:class:`~clipdepth.backbone.WeightsUnavailableError` naming what to download when they are missing.
+:class:`~clipdepth.model.backbone.WeightsUnavailableError` naming what to download when they are missing.
 
 Long because: it follows one paper's code end to end (prompts, modules, builders, their normalised
 scoring) in the authors' order, so that each step can be checked against their files side by side.
@@ -86,13 +86,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import WeightsUnavailableError, normalise_images
-from ..bins import DEPTHCLIP_BINS
-from ..data.specs import get_spec
-from ..evaluate import EvalResult, predict_with_flip, sanitise
-from ..losses import silog_loss, upsample
-from ..metrics import average_metrics, compute_metrics, valid_mask
-from ..prompts import WORD_LISTS
+from clipdepth.data.specs import get_spec
+from clipdepth.eval.metrics import average_metrics, compute_metrics, valid_mask
+from clipdepth.eval.protocols import EvalResult, predict_with_flip, sanitise
+from clipdepth.model.backbone import WeightsUnavailableError, normalise_images
+from clipdepth.model.bins import DEPTHCLIP_BINS
+from clipdepth.model.prompt_learner import WORD_LISTS
+from clipdepth.train.losses import silog_loss, upsample
 
 __all__ = [
     "DATASET_DESCRIPTION",
@@ -628,7 +628,7 @@ def evaluate_normalised(predict: Any, samples: Iterable[Any], min_depth: float, 
 
     The prediction of each image is exactly the metric protocol's (flip TTA at the predictor's
     resolution after clamping to [min, max], bilinear ``align_corners=True`` upsampling), so the
-    metric result equals ``clipdepth.evaluate.evaluate(..., protocol="authors")``; the normalised one
+    metric result equals ``clipdepth.eval.protocols.evaluate(..., protocol="authors")``; the normalised one
     applies :func:`normalised_metrics` (their scoring) to the same upsampled prediction.
     """
     metric_rows, norm_rows, names, examples = [], [], [], []

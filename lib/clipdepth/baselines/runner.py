@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import experiments
-from ..atomic import atomic_write, atomic_write_text
-from ..data.profile_data import open_split
-from ..evaluate import evaluate
-from . import clip2depth, llm_mde
-from .fit import FitConfig, TrainBatches, fit, probe_loss
+from clipdepth._files import atomic_write, atomic_write_text
+from clipdepth.baselines import clip2depth, llm_mde
+from clipdepth.baselines.fit import FitConfig, TrainBatches, fit, probe_loss
+from clipdepth.data.profile_data import open_split
+from clipdepth.eval.protocols import evaluate
+from clipdepth.study import experiments
 
 METHODS: tuple[str, ...] = ("clip2depth", "llm-mde")
 RESULT_VERSION = 1

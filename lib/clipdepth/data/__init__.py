@@ -5,12 +5,12 @@ and KITTI layouts (:mod:`clipdepth.data.synthetic`) and reads them back with :cl
 :class:`KITTIEigen`, so the paper profile's code path is exercised offline.
 """
 
-from .common import DataError, Sample
-from .kitti import KITTIEigen, kb_crop
-from .nyu import NYU_BORDER_CROP, NYUDepthV2, NYULabeledMat, export_official_test
-from .specs import KITTI, NYU, SPECS, DatasetSpec, get_spec
-from .synthetic import ensure_synthetic_dataset, render, write_synthetic_dataset
-from .transforms import TrainTransform, TransformedDataset, to_tensor
+from clipdepth.data.common import DataError, Sample
+from clipdepth.data.kitti import KITTIEigen, kb_crop
+from clipdepth.data.nyu import NYU_BORDER_CROP, NYUDepthV2, NYULabeledMat, export_official_test
+from clipdepth.data.specs import KITTI, NYU, SPECS, DatasetSpec, get_spec
+from clipdepth.data.synthetic import ensure_synthetic_dataset, render, write_synthetic_dataset
+from clipdepth.data.transforms import TrainTransform, TransformedDataset, to_tensor
 
 __all__ = [
     "DataError",

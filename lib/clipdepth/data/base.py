@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (
+from clipdepth.data.common import (
     DataError,
     ListEntry,
     Sample,
@@ -30,8 +30,8 @@ from .common import (
     read_rgb,
     read_split_list,
 )
-from .specs import DatasetSpec
-from .splits import resolve_split_list
+from clipdepth.data.specs import DatasetSpec
+from clipdepth.data.splits import resolve_split_list
 
 
 @dataclass

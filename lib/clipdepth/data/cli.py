@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import DataError
+from clipdepth.data.common import DataError
 
 
 def add_parser(subparsers) -> None:
@@ -77,8 +77,8 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .kitti import KITTIEigen
-    from .nyu import NYUDepthV2
+    from clipdepth.data.kitti import KITTIEigen
+    from clipdepth.data.nyu import NYUDepthV2
 
     splits = ["train", "test"] if args.split == "all" else [args.split]
     if args.split_file and len(splits) > 1:
@@ -109,7 +109,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             status = 1
             continue
         if args.no_decode:
-            from .base import CheckReport
+            from clipdepth.data.base import CheckReport
 
             report = CheckReport(
                 args.dataset,
@@ -131,7 +131,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synthetic import ensure_synthetic_dataset
+    from clipdepth.data.synthetic import ensure_synthetic_dataset
 
     if args.train < 0 or args.test < 0:
         _err("--train and --test must be >= 0")
@@ -164,7 +164,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _synth_paper_shaped(args: argparse.Namespace) -> int:
-    from .paper_shaped import LIST_KEYS, write_paper_shaped
+    from clipdepth.data.paper_shaped import LIST_KEYS, write_paper_shaped
 
     given = [f for f, v in (("--family", args.family), ("--size", args.size), ("--lidar", args.lidar)) if v]
     if given:
@@ -188,7 +188,7 @@ def _synth_paper_shaped(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .nyu import export_official_test
+    from clipdepth.data.nyu import export_official_test
 
     try:
         path = export_official_test(args.mat, args.splits, args.out, progress=sys.stderr.isatty())
@@ -200,8 +200,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from . import download as dl
-    from .splits import CANONICAL_SHA256, get_split_file
+    from clipdepth.data import download as dl
+    from clipdepth.data.splits import CANONICAL_SHA256, get_split_file
 
     try:
         if args.what == "splits":

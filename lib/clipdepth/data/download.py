@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .common import DataError, sha256_file
+from clipdepth.data.common import DataError, sha256_file
 
 DEFAULT_TIMEOUT = 5.0
 _CHUNK = 1 << 16
@@ -343,7 +343,7 @@ def download_nyu_labeled(dest_dir: str | Path, **kwargs) -> tuple[Path, Path]:
 
 def kitti_drives(split_file: str | Path) -> list[str]:
     """Drive names (``2011_09_26_drive_0002``) used by a KITTI Eigen split list, in first-seen order."""
-    from .common import read_split_list
+    from clipdepth.data.common import read_split_list
 
     drives: dict[str, None] = {}
     for entry in read_split_list(split_file, default_focal=0.0):

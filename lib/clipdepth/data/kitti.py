@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ListDataset, Resolved
-from .common import ListEntry, crop_box_bottom_centre, require_dir
-from .specs import KB_CROP, KITTI
+from clipdepth.data.base import ListDataset, Resolved
+from clipdepth.data.common import ListEntry, crop_box_bottom_centre, require_dir
+from clipdepth.data.specs import KB_CROP, KITTI
 
 __all__ = ["KITTIEigen", "kb_crop", "kb_crop_size"]
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write_text, file_lock
-from .base import ListDataset, Resolved
-from .common import (
+from clipdepth._files import atomic_write_text, file_lock
+from clipdepth.data.base import ListDataset, Resolved
+from clipdepth.data.common import (
     MANIFEST_NAME,
     DataError,
     ListEntry,
@@ -36,8 +36,8 @@ from .common import (
     require_dir,
     sha256_file,
 )
-from .specs import NYU, NYU_BORDER_CROP
-from .splits import split_name
+from clipdepth.data.specs import NYU, NYU_BORDER_CROP
+from clipdepth.data.splits import split_name
 
 __all__ = [
     "NYU_BORDER_CROP",

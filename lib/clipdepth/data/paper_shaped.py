@@ -45,12 +45,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write_json, atomic_write_text, make_temp_dir
-from .common import MANIFEST_NAME, sha256_file, write_depth_png
-from .nyu import bts_border, encode_jpeg
-from .specs import KITTI, NYU
-from .splits import split_name
-from .synthetic import TEST_INDEX_OFFSET, render_indoor, render_outdoor
+from clipdepth._files import atomic_write_json, atomic_write_text, make_temp_dir
+from clipdepth.data.common import MANIFEST_NAME, sha256_file, write_depth_png
+from clipdepth.data.nyu import bts_border, encode_jpeg
+from clipdepth.data.specs import KITTI, NYU
+from clipdepth.data.splits import split_name
+from clipdepth.data.synthetic import TEST_INDEX_OFFSET, render_indoor, render_outdoor
 
 __all__ = [
     "KITTI_DATES",

@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import subset_label
-from .kitti import KITTIEigen
-from .nyu import NYUDepthV2
-from .synthetic import ensure_synthetic_dataset
+from clipdepth.data.base import subset_label
+from clipdepth.data.kitti import KITTIEigen
+from clipdepth.data.nyu import NYUDepthV2
+from clipdepth.data.synthetic import ensure_synthetic_dataset
 
 # Demo scene counts: enough for training to show a trend, small enough for minutes on two cores.
 DEMO_TRAIN_FRAMES = 48

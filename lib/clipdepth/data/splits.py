@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import MANIFEST_NAME, DataError, read_manifest, sha256_file
-from .download import DEFAULT_TIMEOUT, DownloadError, download
+from clipdepth.data.common import MANIFEST_NAME, DataError, read_manifest, sha256_file
+from clipdepth.data.download import DEFAULT_TIMEOUT, DownloadError, download
 
 BTS_BASE_URL = "https://raw.githubusercontent.com/cleinc/bts/master/train_test_inputs/"
 

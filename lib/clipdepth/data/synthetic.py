@@ -50,11 +50,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import clean_stale_temporaries, file_lock, make_temp_dir
-from .common import MANIFEST_NAME, Sample, read_manifest, sha256_file, write_depth_png
-from .nyu import encode_jpeg
-from .specs import KITTI, NYU
-from .splits import split_name
+from clipdepth._files import clean_stale_temporaries, file_lock, make_temp_dir
+from clipdepth.data.common import MANIFEST_NAME, Sample, read_manifest, sha256_file, write_depth_png
+from clipdepth.data.nyu import encode_jpeg
+from clipdepth.data.specs import KITTI, NYU
+from clipdepth.data.splits import split_name
 
 __all__ = [
     "FAMILIES",

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .common import Sample
-from .specs import NYU_BORDER_CROP, DatasetSpec, get_spec
+from clipdepth.data.common import Sample
+from clipdepth.data.specs import NYU_BORDER_CROP, DatasetSpec, get_spec
 
 __all__ = ["AugmentConfig", "TrainTransform", "rotate", "to_tensor", "TransformedDataset", "border_crop"]
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_text
-from .base import ListDataset, Resolved
-from .common import DataError, check_pair, check_valid_depth, read_depth_u16, read_rgb
+from clipdepth._files import atomic_write_text
+from clipdepth.data.base import ListDataset, Resolved
+from clipdepth.data.common import DataError, check_pair, check_valid_depth, read_depth_u16, read_rgb
 
 __all__ = ["default_workers", "files_signature", "raise_if_invalid", "validate_once", "validate_split"]
 
