@@ -31,3 +31,28 @@ def vit_b32():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def demo_reports(tmp_path_factory):
+    """``./run_all.sh`` run once per test session (demo profile, all six notebooks, default parameters)
+    into a temporary reports root; returns its ``demo`` folder (index.html, <notebook>.html, results).
+
+    Finished runs and cached features go where the notebooks' defaults put them (``cache/`` of this
+    checkout), so later tests and sessions reuse them. A failed run fails every test that uses it,
+    with the end of run_all's output.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    reports = tmp_path_factory.mktemp("demo-reports")
+    lib = str(repo / "lib")
+    env = {**os.environ, "CLIPDEPTH_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join(p for p in (lib, os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run([str(repo / "run_all.sh"), "--reports-dir", str(reports)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        pytest.fail(f"./run_all.sh (demo) exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return reports / "demo"

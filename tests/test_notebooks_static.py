@@ -15,11 +15,11 @@ from pathlib import Path
 import papermill
 import pytest
 
+from clipdepth.report.comparison_view import notebook_tables
 from clipdepth.run.run_all import (
     NotebookParameterError,
     discover_notebooks,
     notebook_parameters,
-    notebook_tables,
     parameters_cell,
 )
 

@@ -339,3 +339,164 @@ def test_force_recomputes_a_shared_run_once_per_run_all(tmp_path, monkeypatch) -
     assert plan.run_options({"force": True}, force_since=written + 10).done(trainer) is None
     monkeypatch.setenv("CLIPDEPTH_FORCE_SINCE", f"{written - 10:.3f}")  # run_all's start wins
     assert plan.run_options({"force": True}, force_since=written + 10).done(trainer) == "finished result"
+
+
+# -- headline views (issue 24) ---------------------------------------------------------------------
+
+from clipdepth.report import comparison_view  # noqa: E402
+
+NYU_T3 = [e.name for e in experiments.select(table="t3", dataset="nyu")]
+
+
+def _t3_comparison(**overrides: float) -> pd.DataFrame:
+    return report.compare_with_paper([_row(n, **overrides) for n in NYU_T3])
+
+
+def test_headline_pairs_ours_with_the_paper_and_the_difference() -> None:
+    cmp = _t3_comparison(abs_rel=0.4, d1=0.5)
+    head = comparison_view.headline_table(cmp)
+    learned = "t3/nyu/learned-7"
+    paper = reference_for(learned)
+    # Table 3 prints seven columns (no SqRel): each has ours and the paper's; Δ for AbsRel, RMSE, δ<1.25 only
+    assert list(dict.fromkeys(head.columns.get_level_values(0))) == [
+        "AbsRel ↓", "RMSE ↓", "RMSL ↓", "log10 ↓", "δ<1.25 ↑", "δ<1.25² ↑", "δ<1.25³ ↑"]
+    assert [c for c in head.columns if c[1] == "Δ"] == [("AbsRel ↓", "Δ"), ("RMSE ↓", "Δ"), ("δ<1.25 ↑", "Δ")]
+    line = head.loc[("t3", "nyu", "learned-7")]
+    assert line[("AbsRel ↓", "ours")] == 0.4 and line[("AbsRel ↓", "paper")] == paper["abs_rel"]
+    assert line[("AbsRel ↓", "Δ")] == pytest.approx(0.4 - paper["abs_rel"])
+    assert line[("δ<1.25 ↑", "Δ")] == pytest.approx(0.5 - paper["d1"])
+    assert line[("RMSL ↓", "paper")] == paper["log_mse"]  # the paper's RMSL column, compared with log_mse
+    assert list(head.index.get_level_values("row")) == [experiments.get(n).row_label for n in NYU_T3]
+
+
+@pytest.mark.parametrize(
+    ("diff", "paper", "higher", "expected"),
+    [
+        (0.05, 0.4, False, "background-color: rgba(200, 40, 40, 0.5);"),  # 12.5 % worse: half strength
+        (-0.05, 0.4, False, "background-color: rgba(40, 95, 190, 0.5);"),  # better
+        (-0.05, 0.4, True, "background-color: rgba(200, 40, 40, 0.5);"),  # δ: lower is worse
+        (0.2, 0.4, False, "background-color: rgba(200, 40, 40, 0.9); color: #fff;"),  # capped at 25 %
+        (0.0, 0.4, False, ""),
+        (math.nan, 0.4, False, ""),
+        (0.1, None, False, ""),
+    ],
+)
+def test_difference_colour_says_sign_and_size(diff, paper, higher, expected) -> None:
+    assert comparison_view.difference_style(diff, paper, higher) == expected
+
+
+def test_notebook_view_is_a_headline_per_table_and_a_collapsed_full_table() -> None:
+    rows = [_row(n) for n in NYU_T3] + [_row("t4/nyu/baseline")]
+    page = report.show_comparison(report.compare_with_paper(rows), "02_context_tokens")._repr_html_()
+    assert page.count('data-view="headline"') == 2 and page.count("<details>") == 2
+    t3 = page.split('data-table="t3"')[1].split("</section>")[0]
+    assert '<a href="01_token_ablation.html">01_token_ablation</a>' in t3  # reused rows say where they live
+    t4 = page.split('data-table="t4"')[1].split("</section>")[0]
+    assert 'class="cmp-note"' not in t4  # Table 4 is this notebook's own
+    full = t3.split("<details>")[1]
+    assert "pixel-pooled" in full or "ours per image (paper)" in full
+    assert "protocol" in full and "RMSE-log (ours only)" in full
+    headline = t3.split("<details>")[0]
+    assert "<br" not in headline and "RMSE-log" not in headline  # one number per cell, headline metrics only
+    assert report.show_comparison(report.compare_with_paper(rows), "01_token_ablation")._repr_html_().count(
+        'class="cmp-note"') == 1  # only Table 4 is reused in 01
+    assert page == report.show_comparison(report.compare_with_paper(rows), "02_context_tokens")._repr_html_()
+
+
+def test_wide_table_view_drops_the_integer_index() -> None:
+    table = pd.DataFrame({"backbone": ["RN50", "ViT"], "dataset": ["nyu", "nyu"], "abs_rel": [0.31234, 0.4],
+                          "status": ["runs", "not supported yet: <why>"], "stride": [32, 16]})
+    page = report.show_table(table, index=["dataset", "backbone"], headline=["abs_rel", "status"])._repr_html_()
+    headline, full = page.split("<details>")
+    assert ">0<" not in headline and ">1<" not in headline  # no 0, 1, ... row numbers
+    assert "0.312" in headline and "stride" not in headline and "stride" in full
+    assert "&lt;why&gt;" in headline  # text is escaped
+    with pytest.raises(ValueError, match=r"show_table: no column\(s\) \['loss'\]"):
+        report.show_table(table, index=["dataset"], headline=["loss"])
+
+
+def test_index_links_each_row_to_its_own_tables_notebook(tmp_path) -> None:
+    """Table 3 rows link to 01_token_ablation even when a newer 05 results file reuses one of them."""
+    profile_dir = tmp_path / "demo"
+
+    def write(nb: str, names: list[str], finished: str) -> None:
+        cmp = report.compare_with_paper([_row(n) for n in names])
+        payload = {"notebook": nb, "profile": "demo", "finished_at": finished,
+                   "comparison": json.loads(cmp.to_json(orient="records"))}
+        (profile_dir / nb).mkdir(parents=True)
+        (profile_dir / nb / "results.json").write_text(json.dumps(payload))
+
+    write("01_token_ablation", NYU_T3, "2024-01-01T00:00:00")
+    write("05_baselines", ["t3/nyu/learned-7"], "2024-01-02T00:00:00")
+    html = report_html.render_index(profile_dir)
+    section = html.split('data-table="t3"')[1].split("</section>")[0]
+    headline, full = section.split("<details>")
+    links = [part.split('"')[0] for part in headline.split("<table", 1)[1].split('<a href="')[1:]]
+    assert len(links) == len(NYU_T3) and set(links) == {"01_token_ablation.html"}
+    assert "also shown by" in section and '<a href="05_baselines.html">05_baselines</a>' in section
+    learned = full.split('data-experiment="t3/nyu/learned-7"')[1].split("</tr>")[0]
+    assert "(also in 05_baselines)" in learned
+    assert "<br" not in headline
+
+
+def test_index_puts_rows_of_other_settings_apart(tmp_path) -> None:
+    """Notebook 06's Table 3 rows on other backbones (no published numbers) get their own section."""
+    name = "t3/nyu/learned-7[arch=ViT-B-32-quickgelu]"
+    row = {**_row("t3/nyu/learned-7"), "experiment": name}
+    cmp = report.compare_with_paper([row])
+    assert cmp["paper"].isna().all()
+    payload = {"notebook": "06_backbones", "profile": "demo", "finished_at": "x",
+               "comparison": json.loads(cmp.to_json(orient="records"))}
+    (tmp_path / "demo" / "06_backbones").mkdir(parents=True)
+    (tmp_path / "demo" / "06_backbones" / "results.json").write_text(json.dumps(payload))
+    html = report_html.render_index(tmp_path / "demo")
+    assert 'data-table="t3"' not in html
+    section = html.split('data-table="t3-variants"')[1].split("</section>")[0]
+    assert "the same rows with other settings" in section and "learned-7[arch=ViT-B-32-quickgelu]" in section
+    headline = section.split("<details>")[0]
+    assert ">paper<" not in headline and ">ours<" in headline  # nothing published: ours only
+
+
+def test_index_template_is_package_data() -> None:
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib import resources
+
+    template = resources.files("clipdepth") / "report" / "templates" / "index.html.j2"
+    assert template.is_file()
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["clipdepth"]
+    assert any(fnmatch("report/templates/index.html.j2", g) for g in globs)
+
+
+def test_notebook_cells_leak_no_return_values() -> None:
+    """A cell ending in a bare save_figure(...) / finish_notebook(...) prints PosixPath('...') on its page."""
+    leaks = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            last = "".join(cell["source"]).rstrip().splitlines()[-1] if "".join(cell["source"]).strip() else ""
+            bare = not last.startswith((" ", "\t")) and "=" not in last.split("(")[0]
+            if bare and any(f in last for f in ("save_figure(", "finish_notebook(")) and not last.endswith(";"):
+                leaks.append(f"{path.name}: {last}")
+    assert not leaks, leaks
+
+
+def test_headline_marks_verdicts_only_where_they_are_drawn() -> None:
+    rows = [_row(n, **reference_for(n)) for n in NYU_T3]  # the paper's own numbers: within tolerance
+    rows[0]["abs_rel"] = reference_for(NYU_T3[0])["abs_rel"] * 2
+    judged = comparison_view.headline_styler(report.compare_with_paper(rows, verdicts=True), verdicts=True).to_html()
+    n_published = len(reference_for(NYU_T3[0]))
+    assert judged.count(' bad"') == 1 and judged.count(' ok"') == len(NYU_T3) * n_published - 1
+    demo = comparison_view.headline_styler(report.compare_with_paper(rows)).to_html()
+    assert ' bad"' not in demo and ' ok"' not in demo
+
+
+def test_screenshot_command_names_a_missing_page(tmp_path, capsys) -> None:
+    from clipdepth.report import browser
+
+    assert browser.main([str(tmp_path / "demo"), str(tmp_path / "docs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("browser: error: no such page(s): ") and "index.html" in err and "\n" not in err
+    assert not (tmp_path / "docs").exists()

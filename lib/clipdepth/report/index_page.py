@@ -5,16 +5,20 @@ different invocations (``--only``), notebooks added later (04, 05) and notebooks
 must not depend on notebook internals. Each notebook leaves ``<name>/results.json`` (written by
 :func:`clipdepth.report.session.finish_notebook`) and ``./run_all.sh`` leaves ``<name>.html`` (the executed
 notebook without code) and ``run_all.json`` (statuses and times of the last invocation); this module
-joins them into a self-contained HTML page with no external assets.
+joins them into a self-contained HTML page with no external assets. The page is the jinja2 template
+``templates/index.html.j2`` (shipped as package data); this module only gathers what it shows.
 
-Scorecard: one line per table row with, for every published metric, our value (per image, the paper's
-convention; the mean ± 95 % half width over several seeds), the paper's, the difference and, where
-recorded, the pixel-pooled value; then the verdict and how the row was produced (protocol, seeds,
-epochs, subset, the computing commit where it is not the page's own, a stale marker). Verdicts (the
-green/red cells and the "N of M within tolerance" counts, or with several seeds "paper inside our
-interval") are drawn only for results whose ``verdicts`` flag is set (the paper profile on full data,
-:func:`clipdepth.study.comparison.verdicts_allowed`); other rows show the differences and say why there is
-no verdict. A final check lists every row of paper Tables 3-7 that no results file contains.
+Scorecard, per paper table: the headline view of :mod:`clipdepth.report.comparison_view` (ours, the paper's
+and the coloured difference side by side, one number per cell; each row label links to the notebook
+of the row's own table, and the notebooks that reuse the row are named), then, collapsed, the full
+table: per metric our value (per image, the paper's convention; the mean ± 95 % half width over
+several seeds), the paper's, the difference and, where recorded, the pixel-pooled value; the verdict
+and how the row was produced (protocol, seeds, epochs, subset, the computing commit where it is not
+the page's own, a stale marker). Verdicts (green/red cells and the "N of M within tolerance" counts,
+or with several seeds "paper inside our interval") are drawn only for results whose ``verdicts``
+flag is set (the paper profile on full data, :func:`clipdepth.study.comparison.verdicts_allowed`); other
+rows show the differences and say why there is no verdict. A final check lists every row of paper
+Tables 3-7 that no results file contains.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from markupsafe import Markup
+
 from clipdepth._files import atomic_write_text
+from clipdepth.report.comparison_view import TABLE_TITLES, VIEW_CSS, headline_styler, home_notebook, legend_html
 from clipdepth.study import experiments
 from clipdepth.study.comparison import (
     CONFIDENCE,
@@ -47,39 +55,30 @@ from clipdepth.study.reference import source_for
 
 __all__ = ["SCORE_METRICS", "TABLE_TITLES", "collect_results", "expected_rows", "render_index", "write_index"]
 
-#: Metrics shown in the scorecard (the paper's columns; RMSL is our log_mse), then our rmse_log.
+#: Metrics of the full scorecard tables (the paper's columns; RMSL is our log_mse), then our rmse_log.
 SCORE_METRICS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "log_mse", "log10", "d1", "d2", "d3")
-
-TABLE_TITLES: dict[str, str] = {
-    "t3": "Table 3 (poster Table 1): human words vs learned depth tokens",
-    "t4": "Table 4 (poster Table 2): learned context tokens around human depth words",
-    "t5": "Table 5 (poster Table 3): learned context and depth tokens",
-    "t6": "Table 6: bin spacing (linear vs log)",
-    "t7": "Table 7: number of log bins",
-    "depthclip": "DepthCLIP zero-shot (Zhang et al. 2022)",
-}
 
 #: Tables whose every row must appear somewhere in the reports (the index checks it).
 REQUIRED_TABLES: tuple[str, ...] = ("t3", "t4", "t5", "t6", "t7")
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1500px}
-h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em} h3{font-size:1.05em;margin-bottom:.3em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1220px}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em} h3{font-size:1.05em;margin:1.2em 0 .2em}
 .banner{background:#fff3cd;border:2px solid #e0a800;color:#5c4400;padding:10px 14px;font-weight:bold;margin:12px 0}
-table{border-collapse:collapse;font-size:12px;margin:6px 0 16px}
-th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
-th{background:#f3f3f3} td.l,th.l{text-align:left}
+table.plain,table.scorecard-full{border-collapse:collapse;font-size:12px;margin:6px 0 16px}
+table.plain th,table.plain td,table.scorecard-full th,table.scorecard-full td{border:1px solid #ccc;padding:2px 5px;
+text-align:right;vertical-align:top}
+table.plain th,table.scorecard-full th{background:#f3f3f3} td.l,th.l{text-align:left}
+table.scorecard-full td{white-space:nowrap}
 td.ok{background:#e3f4e1} td.bad{background:#fbe3e1} td.na{color:#777}
+.cmp-headline a{color:#0b5cad;text-decoration:none} .cmp-headline a:hover{text-decoration:underline}
 .stale{background:#7a4b00;color:#fff;font-weight:bold;padding:0 4px;border-radius:3px}
 .noverdict{color:#5c4400;font-style:italic}
 .small{color:#666;font-size:11px} .fail{color:#b00020;font-weight:bold} .pass{color:#1b7c1b;font-weight:bold}
-.figs img{max-width:420px;border:1px solid #ddd;margin:4px}
+.v-pass{color:#1b7c1b} .v-fail{color:#b00020;font-weight:bold}
+.figs img{max-width:380px;border:1px solid #ddd;margin:4px}
 code{background:#f5f5f5;padding:1px 3px}
 """
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
 
 
 def _num(value: Any) -> float:
@@ -129,11 +128,14 @@ def _results_verdicts(res: Mapping[str, Any]) -> bool:
 
 
 def _scorecard_rows(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Comparison records grouped by table, then by experiment, keeping the newest results per row.
+    """Comparison records grouped by table, then by experiment, one entry per table row.
 
-    Each entry carries its results file's verdict flag and, when verdicts are not allowed, the reason.
+    A row shown by several notebooks (Table 3's learned-7 in 01, 05 and 06) is taken from the notebook
+    of its own table (:func:`clipdepth.report.comparison_view.home_notebook`) when that notebook's results are
+    here, else from the newest results file; ``also_in`` lists the other notebooks that show it. Each
+    entry carries its results file's verdict flag and, when verdicts are not allowed, the reason.
     """
-    by_experiment: dict[str, dict[str, Any]] = {}
+    candidates: dict[str, list[dict[str, Any]]] = {}
     for res in results:
         verdicts = _results_verdicts(res)
         grouped: dict[str, dict[str, Any]] = {}
@@ -150,16 +152,37 @@ def _scorecard_rows(results: list[dict[str, Any]]) -> dict[str, list[dict[str, A
                                                              (res.get("parameters") or {}).get("subset"),
                                                              rec.get("subset_label"))),
             })
-            entry["metrics"][rec.get("metric")] = rec if verdicts else {**rec, "verdict": None}
+            entry["metrics"][rec.get("metric")] = {**rec, "verdict": _verdict_of(rec) if verdicts else None}
         for name, entry in grouped.items():
-            old = by_experiment.get(name)
-            if old is None or str(entry["finished_at"] or "") >= str(old["finished_at"] or ""):
-                by_experiment[name] = entry
+            candidates.setdefault(name, []).append(entry)
     tables: dict[str, list[dict[str, Any]]] = {}
     order = {name: i for i, name in enumerate(experiments.EXPERIMENTS)}
-    for entry in sorted(by_experiment.values(), key=lambda e: (order.get(e["experiment"], 10**6), e["experiment"])):
+    datasets = {name: i for i, name in enumerate(experiments.DATASETS)}
+    chosen = []
+    for name, found in candidates.items():
+        home = home_notebook(str(found[0]["table"]))
+        own = [e for e in found if e["notebook"] == home]
+        entry = own[0] if own else max(found, key=lambda e: str(e["finished_at"] or ""))
+        entry["also_in"] = sorted({e["notebook"] for e in found} - {entry["notebook"]})
+        if str(entry["table"]) in REQUIRED_TABLES and name not in order:  # e.g. 06's rows on other backbones
+            entry["table"], entry["row_label"] = f"{entry['table']}{VARIANTS}", name.split("/", 2)[-1]
+        chosen.append(entry)
+    for entry in sorted(chosen, key=lambda e: (order.get(e["experiment"], 10**6), datasets.get(e["dataset"], 9),
+                                               e["experiment"])):
         tables.setdefault(str(entry["table"]), []).append(entry)
     return tables
+
+
+#: Suffix of the scorecard section that holds a paper table's rows run with other settings (backbones):
+#: they have no published numbers and would otherwise sit among the paper's rows under the same labels.
+VARIANTS = "-variants"
+
+
+def _table_title(table: str) -> str:
+    if table.endswith(VARIANTS):
+        base = table.removesuffix(VARIANTS)
+        return f"{TABLE_TITLES.get(base, base)}: the same rows with other settings (no published numbers)"
+    return TABLE_TITLES.get(table, table)
 
 
 def _verdict_of(rec: Mapping[str, Any]) -> bool | None:
@@ -169,162 +192,130 @@ def _verdict_of(rec: Mapping[str, Any]) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _metric_cell(rec: Mapping[str, Any] | None, metric: str, verdicts: bool) -> str:
+def _detail_cell(rec: Mapping[str, Any] | None, metric: str, verdicts: bool, pooled: bool) -> dict[str, Any]:
+    """One metric of the full table: ours (mean ± CI over seeds), the paper's, the difference, pooled."""
     if not rec:
-        return '<td class="na">–</td>'
-    ours, paper = _num(rec.get("ours")), _num(rec.get("paper"))
-    value = _esc(format_mean(ours, rec.get("half_width"), rec.get("n_seeds")))
-    pooled = _num(rec.get("pooled"))
-    pooled_html = (f'<br><span class="small pooled">{POOLED_LABEL} {_fmt(pooled)}</span>'
-                   if metric in POOLED_METRICS and not math.isnan(pooled) else "")
-    if math.isnan(paper):
-        return f'<td class="na">{value}<br><span class="small">no paper value</span>{pooled_html}</td>'
-    verdict = _verdict_of(rec) if verdicts else None
-    css = "" if verdict is None else (' class="ok"' if verdict else ' class="bad"')
-    return (f'<td{css}><b>{value}</b><br><span class="small">paper {_fmt(paper)}</span>'
-            f'<br><span class="small">diff {_fmt(rec.get("difference"), signed=True)}</span>{pooled_html}</td>')
+        return {"ours": "–", "paper": "–", "diff": "–", "css": "na", "pooled": "–" if pooled else None}
+    verdict = _verdict_of(rec) if verdicts and not math.isnan(_num(rec.get("paper"))) else None
+    return {
+        "ours": format_mean(rec.get("ours"), rec.get("half_width"), rec.get("n_seeds")),
+        "paper": _fmt(rec.get("paper")),
+        "diff": _fmt(rec.get("difference"), signed=True),
+        "css": "" if verdict is None else ("ok" if verdict else "bad"),
+        "pooled": _fmt(rec.get("pooled")) if pooled else None,
+    }
 
 
-def _verdict_cell(entry: Mapping[str, Any]) -> str:
-    if not entry["verdicts"]:
-        reason = str(entry.get("no_verdict") or "no verdict").split(" (", 1)[0]
-        return f'<span class="small noverdict">{_esc(reason)}</span>'
-    lines = [{**rec, "verdict": _verdict_of(rec)} for m, rec in entry["metrics"].items() if m in SCORE_METRICS]
-    text = verdict_text(lines)
+def _detail_row(entry: Mapping[str, Any], metrics: list[str], pooled: set[str], page_git: Mapping[str, Any],
+                ) -> dict[str, Any]:
+    """One line of a table's full scorecard (see the template)."""
+    first, recs = entry["first"], entry["metrics"]
+    lines = [rec for m, rec in recs.items() if m in SCORE_METRICS]
     judged = [r for r in lines if r["verdict"] is not None]
-    if not judged:
-        return f'<span class="small">{_esc(text)}</span>'
-    mark = "pass" if all(r["verdict"] for r in judged) else "fail"
-    return f'<span class="{mark}">{"yes" if mark == "pass" else "no"}</span> {_esc(text)}'
+    rmse_log = recs.get("rmse_log") or {}
+    return {
+        "experiment": entry["experiment"], "dataset": entry["dataset"], "row_label": entry["row_label"],
+        "stale": bool(first.get("stale")),
+        "cells": [_detail_cell(recs.get(m), m, entry["verdicts"], m in pooled) for m in metrics],
+        "rmse_log": format_mean(rmse_log.get("ours"), rmse_log.get("half_width"), rmse_log.get("n_seeds")),
+        "verdict": verdict_text(lines),
+        "verdict_mark": ("pass" if all(r["verdict"] for r in judged) else "fail") if judged else None,
+        "no_verdict": None if entry["verdicts"] else str(entry.get("no_verdict") or "no verdict").split(" (", 1)[0],
+        "protocol": protocol_text(first), "commit": computed_by_text(first, page_git),
+        "notebook": entry["notebook"], "also_in": entry.get("also_in") or [],
+    }
 
 
-def _provenance_cell(entry: Mapping[str, Any], page_git: Mapping[str, Any]) -> str:
-    first = entry["first"]
-    parts = [_esc(protocol_text(first)) or '<span class="small">not recorded</span>']
-    commit = computed_by_text(first, page_git)
-    if commit:
-        parts.append(f'<span class="small commit">{_esc(commit)}</span>')
-    if first.get("stale"):
-        parts.append('<span class="stale" title="reused from a run of other code (--allow-stale)">'
-                     "stale</span>")
-    return "<br>".join(parts)
-
-
-def _scorecard_html(tables: dict[str, list[dict[str, Any]]], page_git: Mapping[str, Any]) -> str:
-    parts = []
-    order = list(TABLE_TITLES)
-    for table, entries in sorted(tables.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else
-                                                                 len(order), kv[0])):
-        parts.append(f"<h3>{_esc(TABLE_TITLES.get(table, table))}</h3>")
-        head = "".join(f"<th>{_esc(METRIC_LABELS.get(m, m))}</th>" for m in SCORE_METRICS)
-        parts.append(
-            '<table class="scorecard"><tr><th class="l">dataset</th><th class="l">row</th>'
-            f'<th class="l">experiment</th>{head}<th>{_esc(METRIC_LABELS["rmse_log"])}</th>'
-            '<th>verdict</th><th class="l">protocol</th><th class="l">notebook</th></tr>'
-        )
+def _headline_html(entries: list[dict[str, Any]]) -> str:
+    """The table's headline view (:func:`clipdepth.report.comparison_view.headline_styler`), each row label a
+    link to the notebook that regenerates it, and a verdict column where verdicts are drawn."""
+    lines = [{**rec, "table": e["table"], "row_label": e["row_label"]}
+             for e in entries for rec in e["metrics"].values()]
+    comparison = pd.DataFrame(lines)
+    verdicts = any(e["verdicts"] for e in entries)
+    extra = None
+    if verdicts:
+        cells = []
         for e in entries:
-            metrics = e["metrics"]
-            cells = "".join(_metric_cell(metrics.get(m), m, e["verdicts"]) for m in SCORE_METRICS)
-            rmse_log = metrics.get("rmse_log") or {}
-            rmse_log_text = _esc(format_mean(rmse_log.get("ours"), rmse_log.get("half_width"),
-                                             rmse_log.get("n_seeds")))
-            stale = ' data-stale="true"' if e["first"].get("stale") else ""
-            parts.append(
-                f'<tr data-experiment="{_esc(e["experiment"])}"{stale}><td class="l">{_esc(e["dataset"])}</td>'
-                f'<td class="l">{_esc(e["row_label"])}</td><td class="l"><code>{_esc(e["experiment"])}</code></td>'
-                f'{cells}<td class="na">{rmse_log_text}</td><td>{_verdict_cell(e)}</td>'
-                f'<td class="l">{_provenance_cell(e, page_git)}</td>'
-                f'<td class="l"><a href="{_esc(e["notebook"])}.html">{_esc(e["notebook"])}</a></td></tr>'
-            )
-        parts.append("</table>")
-        sources = sorted({src for e in entries if (src := source_for(e["experiment"]))})
-        if sources:
-            parts.append('<p class="small">Published numbers: ' + "; ".join(_esc(src) for src in sources) + "</p>")
-    return "\n".join(parts)
+            judged = [r for m, r in e["metrics"].items() if m in SCORE_METRICS and r["verdict"] is not None]
+            ok = sum(bool(r["verdict"]) for r in judged)
+            css = "v-pass" if judged and ok == len(judged) else "v-fail"
+            cells.append(f'<span class="{css}">{ok} of {len(judged)}</span>' if judged else "–")
+        extra = {"verdict": cells}
+    links = [f'<a href="{html.escape(e["notebook"])}.html" title="{html.escape(e["experiment"])}: '
+             f'{html.escape(e["notebook"])}">{html.escape(str(e["row_label"]))}</a>' for e in entries]
+    return headline_styler(comparison, extra=extra, verdicts=verdicts, row_html=links).to_html()
 
 
-def _legend_html(tables: dict[str, list[dict[str, Any]]]) -> str:
-    """What a scorecard cell means, which verdict applies, and why rows without one have none."""
+def _table_view(table: str, entries: list[dict[str, Any]], page_git: Mapping[str, Any]) -> dict[str, Any]:
+    """What the template shows of one paper table: title, notebooks, headline HTML, full-table rows."""
+    present = {m for e in entries for m, rec in e["metrics"].items() if not math.isnan(_num(rec.get("ours")))}
+    metrics = [m for m in SCORE_METRICS if m in present]
+    pooled = {m for m in POOLED_METRICS
+              if any(not math.isnan(_num((e["metrics"].get(m) or {}).get("pooled"))) for e in entries)}
+    homes = list(dict.fromkeys(e["notebook"] for e in entries))
+    reused = sorted({nb for e in entries for nb in e.get("also_in") or []} - set(homes))
+    return {
+        "id": table, "title": _table_title(table), "homes": homes, "reused_in": reused,
+        "headline": Markup(_headline_html(entries)),
+        "metrics": [{"label": METRIC_LABELS.get(m, m), "span": 4 if m in pooled else 3, "pooled": m in pooled}
+                    for m in metrics],
+        "rows": [_detail_row(e, metrics, pooled, page_git) for e in entries],
+        "sources": sorted({src for e in entries if (src := source_for(e["experiment"]))}),
+    }
+
+
+def _legend(tables: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The legend of the headline views, what the full tables add, and why rows have no verdict."""
     entries = [e for group in tables.values() for e in group]
     multi = any(_num(rec.get("n_seeds")) > 1 for e in entries for rec in e["metrics"].values())
     judged = any(e["verdicts"] for e in entries)
-    text = [f"Each cell: our value, <b>{PER_IMAGE_LABEL}</b> (the mean of per-image metrics, the paper's "
-            f"convention and the authors' <code>metrics_ra</code>), the paper's, and the difference (ours - paper); "
-            f"where the run recorded it, <b>{POOLED_LABEL}</b> (all test pixels together, the authors' "
-            f"<code>metrics</code>) for {_esc(', '.join(METRIC_LABELS[m] for m in POOLED_METRICS))}."]
-    if multi:
-        text.append(f"Rows run with several seeds show mean &plusmn; half width of the {CONFIDENCE:.0%} Student-t "
-                    "interval over seeds (n seeds).")
+    extra = [f"Full tables: per metric ours ({PER_IMAGE_LABEL}), the paper's, the difference and, where the run "
+             f"recorded it, {POOLED_LABEL} (all test pixels together, the authors' metrics) for "
+             f"{', '.join(METRIC_LABELS[m] for m in POOLED_METRICS)}; our true RMSE-log has no published counterpart."]
     if judged:
-        text.append(f"Green/red (verdict): within tolerance, |diff| &le; max({TOLERANCE['abs']:g}, "
-                    f"{TOLERANCE['rel']:.0%} of the paper's value) (our reproduction criterion)"
-                    + ("; for rows with several seeds the verdict is instead whether the paper's value lies "
-                       "inside our interval (paper inside our interval)." if multi else "."))
-    text.append("The paper's 'RMSL' column is a mean <i>squared</i> log error and is compared with our "
-                "<code>log_mse</code>; our true RMSE-log has no published counterpart.")
-    out = [f'<p class="small" id="legend">{" ".join(text)}</p>']
-    reasons = list(dict.fromkeys(str(e["no_verdict"] or "no verdict") for e in entries if not e["verdicts"]))
-    if reasons:
-        out.append('<p class="noverdict" id="no-verdict">No verdict drawn for '
-                   + ("these rows" if judged else "this report")
-                   + ": " + "; ".join(_esc(r) for r in reasons) + ".</p>")
-    stale = [e["experiment"] for e in entries if e["first"].get("stale")]
-    if stale:
-        out.append(f'<p class="fail" id="stale-rows"><span class="stale">stale</span> {len(stale)} row(s) reused '
-                   "from runs computed by other code (<code>--allow-stale</code>): "
-                   + ", ".join(f"<code>{_esc(n)}</code>" for n in stale) + "</p>")
-    return "\n".join(out)
+        extra.append(f"Verdict: within tolerance, |diff| <= max({TOLERANCE['abs']:g}, {TOLERANCE['rel']:.0%} of "
+                     "the paper's value) (our reproduction criterion)"
+                     + ("; for rows with several seeds the verdict is instead whether the paper's value lies "
+                        "inside our interval (paper inside our interval)." if multi else "."))
+    if multi:
+        extra.append(f"Rows run with several seeds show mean ± half width of the {CONFIDENCE:.0%} Student-t "
+                     "interval over seeds (n seeds).")
+    return {
+        "legend": Markup(legend_html(judged, multi, " ".join(extra), element_id="legend")),
+        "judged": judged,
+        "no_verdict": list(dict.fromkeys(str(e["no_verdict"] or "no verdict") for e in entries if not e["verdicts"])),
+        "stale": [e["experiment"] for e in entries if e["first"].get("stale")],
+    }
 
 
-def _notebooks_html(results: list[dict[str, Any]], run: Mapping[str, Any], profile_dir: Path) -> str:
+def _notebooks(results: list[dict[str, Any]], run: Mapping[str, Any], profile_dir: Path) -> list[dict[str, Any]]:
     statuses: dict[str, Mapping[str, Any]] = dict(run.get("notebooks") or {})
     names = list(dict.fromkeys([*statuses, *(r["_dir"] for r in results)]))
     by_name = {r["_dir"]: r for r in results}
-    rows = ['<table><tr><th class="l">notebook</th><th class="l">this run</th><th>wall time</th>'
-            '<th class="l">results from</th><th class="l">figures</th><th class="l">files</th></tr>']
+    out = []
     for name in sorted(names):
         st = statuses.get(name) or {}
         res = by_name.get(name) or {}
-        status = st.get("status")
-        if status == "ok":
-            status_html = '<span class="pass">ok</span>'
-        elif status == "failed":
-            status_html = f'<span class="fail">FAILED</span> <span class="small">{_esc(st.get("error", ""))}</span>'
-        else:
-            status_html = '<span class="small">not run this time</span>'
-        seconds = st.get("seconds", res.get("wall_seconds"))
-        wall = f"{_num(seconds):.0f} s" if not math.isnan(_num(seconds)) else "–"
-        has_page = (profile_dir / f"{name}.html").exists()
-        page = f'<a href="{_esc(name)}.html">{_esc(name)}</a>' if has_page else _esc(name)
-        figs = " ".join(
-            f'<a href="{_esc(name)}/{_esc(f)}">{_esc(Path(f).stem)}</a>' for f in res.get("figures") or []
-        )
-        files = " ".join(
-            f'<a href="{_esc(name)}/{fn}">{fn}</a>' for fn in ("results.json", "results.csv", "results.md")
-            if (profile_dir / name / fn).exists()
-        )
-        if res.get("error"):
-            files += f' <span class="fail">{_esc(res["error"])}</span>'
-        rows.append(
-            f'<tr><td class="l">{page}</td><td class="l">{status_html}</td><td>{wall}</td>'
-            f'<td class="l">{_esc(res.get("finished_at", "–"))}</td><td class="l">{figs}</td>'
-            f'<td class="l">{files}</td></tr>'
-        )
-    rows.append("</table>")
-    return "\n".join(rows)
+        seconds = _num(st.get("seconds", res.get("wall_seconds")))
+        out.append({
+            "name": name, "page": (profile_dir / f"{name}.html").exists(), "status": st.get("status"),
+            "error": st.get("error", ""), "wall": "–" if math.isnan(seconds) else f"{seconds:.0f} s",
+            "finished_at": res.get("finished_at", "–"),
+            "figures": [(f"{name}/{f}", Path(f).stem) for f in res.get("figures") or []],
+            "files": [(f"{name}/{fn}", fn) for fn in ("results.json", "results.csv", "results.md")
+                      if (profile_dir / name / fn).exists()],
+            "results_error": res.get("error"),
+        })
+    return out
 
 
-def _figures_html(results: list[dict[str, Any]]) -> str:
-    parts = []
-    for res in results:
-        figs = res.get("figures") or []
-        if not figs:
-            continue
-        parts.append(f'<h3><a href="{_esc(res["_dir"])}.html">{_esc(res["_dir"])}</a></h3><div class="figs">')
-        parts += [f'<a href="{_esc(res["_dir"])}/{_esc(f)}"><img src="{_esc(res["_dir"])}/{_esc(f)}" '
-                  f'alt="{_esc(f)}"></a>' for f in figs]
-        parts.append("</div>")
-    return "\n".join(parts)
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("clipdepth.report", "templates"),
+                              autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True,
+                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
 
 
 def render_index(profile_dir: str | os.PathLike[str], run: Mapping[str, Any] | None = None) -> str:
@@ -342,42 +333,32 @@ def render_index(profile_dir: str | os.PathLike[str], run: Mapping[str, Any] | N
     git = run.get("git") or next((r.get("git") for r in results if r.get("git")), {}) or {}
     tables = _scorecard_rows(results)
     present = {e["experiment"] for entries in tables.values() for e in entries}
-    missing = [name for name in expected_rows() if name not in present]
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>clipdepth reports: {_esc(profile)}</title><style>{_CSS}</style></head><body>",
-        "<h1>Learning to Prompt CLIP for Monocular Depth Estimation: regenerated tables</h1>",
-        f"<p>Profile <b>{_esc(profile)}</b>. Auty &amp; Mikolajczyk (2023), paper Tables 3-7, next to our runs.</p>",
-    ]
-    if banner:
-        out.append(f'<div class="banner" id="banner">&#9888; {_esc(banner)}</div>')
-    commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
+    order = list(TABLE_TITLES)
+
+    def rank(table: str) -> tuple[float, str]:
+        base = table.removesuffix(VARIANTS)
+        return (order.index(base) if base in order else len(order)) + (0.5 if table != base else 0), table
+
+    ordered = sorted(tables.items(), key=lambda kv: rank(kv[0]))
     wall = run.get("wall_seconds")
-    vers = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-    out += [
-        "<h2>Run</h2><ul>",
-        f"<li>run date: {_esc(run.get('started_at', '–'))}"
-        + (f", finished {_esc(run.get('finished_at'))}" if run.get("finished_at") else "") + "</li>",
-        f"<li>total wall time: {_fmt_seconds(wall)}</li>" if wall is not None else "",
-        f"<li>command: <code>{_esc(run.get('command', '–'))}</code></li>" if run.get("command") else "",
-        f"<li>git commit: <code>{_esc(commit)}</code></li>",
-        f"<li>versions: {_esc(vers)}</li>",
-        f"<li>platform: {_esc(run.get('platform') or '')}</li>" if run.get("platform") else "",
-        "</ul>",
-        "<h2>Notebooks</h2>",
-        _notebooks_html(results, run, profile_dir),
-        "<h2>Scorecard: ours vs paper</h2>",
-    ]
-    if missing:
-        out.append(f'<p class="fail" id="missing-rows">{len(missing)} row(s) of Tables 3-7 have no results yet: '
-                   + ", ".join(f"<code>{_esc(m)}</code>" for m in missing) + "</p>")
-    else:
-        out.append(f'<p class="pass" id="missing-rows">All {len(expected_rows())} rows of Tables 3-7 present.</p>')
-    out.append(_legend_html(tables))
-    out.append(_scorecard_html(tables, git))
-    out += ["<h2>Figures</h2>", _figures_html(results), "</body></html>"]
-    return "\n".join(x for x in out if x)
+    context = {
+        "css": _CSS, "view_css": VIEW_CSS, "profile": profile, "banner": banner,
+        "run": {
+            "started_at": run.get("started_at"), "finished_at": run.get("finished_at"),
+            "wall": _fmt_seconds(wall) if wall is not None else None, "command": run.get("command"),
+            "commit": (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else ""),
+            "versions": ", ".join(f"{k} {v}" for k, v in versions.items() if v), "platform": run.get("platform"),
+        },
+        "notebooks": _notebooks(results, run, profile_dir),
+        "missing": [name for name in expected_rows() if name not in present], "n_expected": len(expected_rows()),
+        **_legend(tables),
+        "tables": [_table_view(table, entries, git) for table, entries in ordered],
+        "rmse_log_label": METRIC_LABELS["rmse_log"], "pooled_label": POOLED_LABEL,
+        "figures": [{"name": r["_dir"], "page": (profile_dir / f"{r['_dir']}.html").exists(),
+                     "images": [f"{r['_dir']}/{f}" for f in r.get("figures") or []]}
+                    for r in results if r.get("figures")],
+    }
+    return _environment().get_template("index.html.j2").render(**context)
 
 
 def _fmt_seconds(value: Any) -> str:

@@ -15,7 +15,7 @@ Typical notebook::
     ctx = report.start_notebook("01_token_ablation", params, profile=profile, reports_dir=reports_dir)
     rows = report.run_rows(ctx, ctx.experiment_names("t3"))
     comparison = report.compare_with_paper(rows, verdicts=report.verdicts_for(ctx))
-    report.comparison_table(comparison)
+    report.show_comparison(comparison, ctx)
     report.save_figure(ctx, report.plot_comparison(comparison, metric="abs_rel"), "comparison_abs_rel")
     report.finish_notebook(ctx, rows)
 
@@ -151,9 +151,9 @@ def show_banner(text: str) -> None:
     if in_ipython():
         from IPython.display import HTML, display
 
-        display(HTML(
-            '<div style="background:#fff3cd;border:2px solid #e0a800;padding:8px 12px;'
-            f'font-weight:bold;color:#5c4400">&#9888; {_html_escape(text)}</div>'
+        display(HTML(  # class and data-banner: how a page check (tests/test_browser.py) finds it
+            '<div class="demo-banner" data-banner="profile" style="background:#fff3cd;border:2px solid #e0a800;'
+            f'padding:8px 12px;font-weight:bold;color:#5c4400">&#9888; {_html_escape(text)}</div>'
         ))
     else:
         line = "!" * (len(text) + 4)

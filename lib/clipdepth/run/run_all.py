@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdepth._files import LockTimeout, atomic_write_text, file_lock, repo_root
+from clipdepth.report.comparison_view import notebook_tables
 from clipdepth.report.provenance import environment_info, find_cached_weights
 from clipdepth.run.executors import ExecutorError, add_executor_arguments, options_from_args, run_units
 from clipdepth.run.params import PARAMETERS, ParameterError, check_parameter
@@ -159,14 +160,6 @@ def notebook_parameters(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{path}: parameter {target!r} is not a literal (line {node.lineno}); derive values in a later cell"
             ) from None
     return params
-
-
-def notebook_tables(path: str | os.PathLike[str]) -> tuple[str, ...]:
-    """The registry tables a notebook regenerates, from its metadata (``"clipdepth": {"tables": [...]}``):
-    ``./run_all.sh`` trains their row groups before the notebooks run, which then reuse every row.
-    A notebook without the entry computes its own rows while it runs."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    return tuple(nb.get("metadata", {}).get("clipdepth", {}).get("tables", ()))
 
 
 def parse_value(text: str) -> Any:
