@@ -270,6 +270,7 @@ PARAMETERS: dict[str, Param] = {
     "train_mode": _choice("faithful", "cached"),
     "precision": _choice("fp32", "tf32", "bf16"),
     "views": _integer(1),
+    "num_workers": _integer(0, none=True),
     "force": _boolean(),
     "allow_stale": _boolean(),
     "reports_dir": _path(),

@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipdepth._files import file_lock
+from clipdepth.data.pipeline import InputPipeline
 from clipdepth.eval.protocols import EvalResult, Scores, flip_average, sample_tensor, upsample
 from clipdepth.model.backbone import load_clip, weights_id
 from clipdepth.model.head import BinPromptDepth
@@ -52,7 +53,7 @@ from clipdepth.train._codeid import code_fingerprint
 from clipdepth.train.losses import SILogTarget
 from clipdepth.train.run_files import CHECKPOINT_FORMAT, RunResult, atomic_save
 from clipdepth.train.step import batch_order, bn_buffers, optimiser_steps
-from clipdepth.train.trainer import Trainer, build_model
+from clipdepth.train.trainer import Trainer, build_model, say_resumed
 
 __all__ = ["LockstepGroup", "RunOptions", "SharedEvaluation", "SingleRow", "Unit", "eval_stream_key", "plan",
            "run_units", "stream_key"]
@@ -102,11 +103,13 @@ class RunOptions:
     force_since: float | None = None  # with force: results written after this Unix time count as fresh
     keep_examples: int = 3
     progress: bool = False
+    num_workers: int | None = None  # input pipeline processes (None: machine default); results do not depend on it
 
     def trainer(self, resolved: ResolvedExperiment, clip_model: Any | None = None) -> Trainer:
         return Trainer(resolved, runs_dir=self.runs_dir, cache_dir=self.cache_dir, device=self.device,
                        views=self.views, precision=self.precision, progress=self.progress, clip_model=clip_model,
-                       n_train=self.n_train, n_test=self.n_test, subset=self.subset, allow_stale=self.allow_stale)
+                       n_train=self.n_train, n_test=self.n_test, subset=self.subset, allow_stale=self.allow_stale,
+                       num_workers=self.num_workers)
 
     def done(self, trainer: Trainer) -> RunResult | None:
         """The row's finished result, unless ``force`` asks for it to be recomputed."""
@@ -189,8 +192,7 @@ def evaluate_rows(trainers: Sequence[Trainer], models: Sequence[BinPromptDepth],
         model.eval()
     texts = [m.text_features() for m in models]
     scores = [Scores(keep_examples) for _ in models]
-    for i in tqdm(range(len(ds)), desc="evaluate", disable=not progress, leave=False):
-        sample = ds[i]
+    for sample in tqdm(lead.test_samples(), total=len(ds), desc="evaluate", disable=not progress, leave=False):
         image = sample_tensor(sample.image, lead.device)
         gt = np.asarray(sample.depth, dtype=np.float64)
         feats, feats_flipped = models[0].image_features(image), models[0].image_features(image.flip(-1))
@@ -241,16 +243,31 @@ class LockstepGroup(Unit):
         group_dir.mkdir(parents=True, exist_ok=True)
         start = self._resume(group_dir, pending, models, optim, histories)
         t0 = time.perf_counter()
-        transform = lead.transform()
+        with lead.input_pipeline(train_ds) as pipe:  # batches built ahead by worker processes
+            self._epochs(pending, models, optim, histories, group_dir, pipe, start)
+        train_seconds = (time.perf_counter() - t0) / len(pending)
+        t1 = time.perf_counter()
+        evals = evaluate_rows(pending, models, self.options.keep_examples, self.options.progress)
+        eval_seconds = (time.perf_counter() - t1) / len(pending)
+        extra = {"stream_key": self.key, "lockstep_rows": len(pending)}
+        return [t.finish(m, e, h, train_seconds, eval_seconds, extra)
+                for t, m, e, h in zip(pending, models, evals, histories, strict=True)]
+
+    def _epochs(self, pending: list[Trainer], models: list[BinPromptDepth], optim: list[tuple],
+                histories: list[list[dict[str, float]]], group_dir: Path, pipe: InputPipeline, start: int) -> None:
+        """Train every row from epoch ``start`` to the end, one encoder pass per batch, a checkpoint per epoch."""
+        lead = pending[0]
+        cfg = lead.train_cfg
+        epochs = lead.resolved.epochs
+        n_train = len(lead.split("train"))
         for epoch in tqdm(range(start, epochs), desc=f"lockstep x{len(pending)}", disable=not self.options.progress,
                           initial=start, total=epochs):
             for model in models:
                 model.train()
             losses: list[list[float]] = [[] for _ in pending]
-            order = batch_order(cfg.seed, epoch, len(train_ds), cfg.batch_size)
-            for step, idx in enumerate(tqdm(order, leave=False, desc=f"epoch {epoch + 1}",
-                                            disable=not self.options.progress)):
-                images, depth = lead._image_batch([transform(train_ds[i], epoch, i) for i in idx])
+            order = batch_order(cfg.seed, epoch, n_train, cfg.batch_size)
+            for step, (images, depth) in enumerate(tqdm(pipe.epoch(epoch, order), total=len(order), leave=False,
+                                                        desc=f"epoch {epoch + 1}", disable=not self.options.progress)):
                 feats = lead._features(models[0], images)  # the one encoder pass (BN statistics update once)
                 targets: dict[tuple[float, float, float], SILogTarget] = {}  # one per (min depth, alpha, lambda)
                 row_targets = []
@@ -271,13 +288,6 @@ class LockstepGroup(Unit):
                 t.run_dir.mkdir(parents=True, exist_ok=True)
                 t._write_log(histories[k])
             self._checkpoint(group_dir, epoch + 1, pending, models, optim, histories)
-        train_seconds = (time.perf_counter() - t0) / len(pending)
-        t1 = time.perf_counter()
-        evals = evaluate_rows(pending, models, self.options.keep_examples, self.options.progress)
-        eval_seconds = (time.perf_counter() - t1) / len(pending)
-        extra = {"stream_key": self.key, "lockstep_rows": len(pending)}
-        return [t.finish(m, e, h, train_seconds, eval_seconds, extra)
-                for t, m, e, h in zip(pending, models, evals, histories, strict=True)]
 
     def _checkpoint(self, group_dir: Path, epoch: int, pending: Sequence[Trainer], models: Sequence[BinPromptDepth],
                     optim: Sequence[tuple], histories: Sequence[list]) -> None:
@@ -309,6 +319,8 @@ class LockstepGroup(Unit):
         if state["bn_buffers"]:
             models[0].clip.visual.load_state_dict(state["bn_buffers"], strict=False)
         torch.set_rng_state(state["torch_rng"])
+        say_resumed(f"lockstep group of {len(pending)} row(s)", int(state["epoch"]), pending[0].resolved.epochs,
+                    found[-1])
         return int(state["epoch"])
 
 

@@ -82,6 +82,7 @@ def run_options(params: Mapping[str, Any], force_since: float | None = None, kee
         force_since=force_since,
         keep_examples=keep_examples,
         progress=progress,
+        num_workers=None if params.get("num_workers") is None else int(params["num_workers"]),
     )
 
 

@@ -23,11 +23,13 @@ alone here are the same computation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipdepth._files import file_lock
+from clipdepth.data.pipeline import InputPipeline, check_workers, prefetched
 from clipdepth.data.profile_data import open_split
 from clipdepth.data.transforms import TrainTransform, to_tensor
 from clipdepth.data.validate import validate_once
@@ -74,6 +77,11 @@ __all__ = ["CHECKPOINT_FORMAT", "PRECISIONS", "DamagedResultWarning", "RunResult
            "batch_order", "build_model", "make_optimiser", "optimiser_step", "run_table_row"]
 
 
+def say_resumed(what: str, epoch: int, epochs: int, checkpoint: Path) -> None:
+    """One line on stderr (above any progress bar): a rerun after a kill continues from ``checkpoint``."""
+    tqdm.write(f"{what}: resumed from the checkpoint of epoch {epoch} of {epochs} ({checkpoint})", file=sys.stderr)
+
+
 def build_model(resolved: ResolvedExperiment, clip_model: open_clip.CLIP) -> BinPromptDepth:
     """The bin-prompt model an experiment describes (untrained tokens drawn from its seed and token init)."""
     return model_for_experiment(resolved, clip_model)
@@ -96,8 +104,10 @@ class Trainer:
         n_test: int | None = None,
         subset: int | None = None,
         allow_stale: bool = False,
+        num_workers: int | None = None,
     ) -> None:
         self.resolved = resolved
+        self.num_workers = check_workers(num_workers)  # input pipeline processes; results do not depend on it
         self.train_cfg = resolved.train
         self.device = torch.device(device)
         self.views = int(views)
@@ -174,7 +184,7 @@ class Trainer:
                 "precision": self.precision, "features": "float16 cache" if trained and cfg.mode == "cached"
                 else "live " + ("bf16" if self.precision == "bf16" else "float32"),
                 "seed": cfg.seed, "epochs": r.epochs, "batch_size": cfg.batch_size,
-                "eval_protocol": r.eval_protocol, "subset": self.subset}
+                "eval_protocol": r.eval_protocol, "subset": self.subset, "num_workers": self.num_workers}
 
     # -- data and model -------------------------------------------------------------------------
     @property
@@ -199,6 +209,14 @@ class Trainer:
 
     def transform(self) -> TrainTransform:
         return TrainTransform(self.resolved.dataset, crop=tuple(self.resolved.train_size), seed=self.train_cfg.seed)
+
+    def input_pipeline(self, train_ds) -> InputPipeline:
+        """The augmented training batches of ``train_ds``, built ahead by :attr:`num_workers` processes."""
+        return InputPipeline(train_ds, self.transform(), self.num_workers, self.device)
+
+    def test_samples(self):
+        """The test split's samples in order, decoded ahead by :attr:`num_workers` processes."""
+        return prefetched(self.split("test"), self.num_workers)
 
     def model(self) -> BinPromptDepth:
         """A fresh model; under ``bn=adapt`` on a private copy of CLIP, since training then changes its
@@ -278,15 +296,17 @@ class Trainer:
     def _optimiser(self, model: BinPromptDepth, steps: int):
         return make_optimiser(model, self.train_cfg, steps)
 
-    def _batches(self, model: BinPromptDepth, epoch: int, train_ds, views) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batches(self, model: BinPromptDepth, epoch: int, train_ds, views,
+                 pipe: InputPipeline | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         n = len(train_ds) if train_ds is not None else len(views[0])
-        for idx in batch_order(self.train_cfg.seed, epoch, n, self.train_cfg.batch_size):
-            if self.train_cfg.mode == "cached":
+        order = batch_order(self.train_cfg.seed, epoch, n, self.train_cfg.batch_size)
+        if self.train_cfg.mode == "cached":
+            for idx in order:
                 yield views[epoch % len(views)].batch(idx, self.device)
-            else:
-                tf = self.transform()
-                images, depth = self._image_batch([tf(train_ds[i], epoch, i) for i in idx])
-                yield self._features(model, images), depth
+            return
+        assert pipe is not None
+        for images, depth in pipe.epoch(epoch, order):
+            yield self._features(model, images), depth
 
     # -- the run --------------------------------------------------------------------------------
     def _checkpoint_path(self, epoch: int) -> Path:
@@ -357,27 +377,30 @@ class Trainer:
             if latest is not None:
                 state = self.load_checkpoint(latest[1], model, opt, sched)
                 start, history = latest[0], list(state["history"])
-            for epoch in tqdm(range(start, epochs), desc=self.resolved.name, disable=not self.progress,
-                              initial=start, total=epochs):
-                model.train()
-                losses = []
-                batches = tqdm(self._batches(model, epoch, train_ds, views), total=steps_per_epoch, leave=False,
-                               desc=f"epoch {epoch + 1}", disable=not self.progress)
-                for step, (feats, gt) in enumerate(batches):
-                    losses.append(self.optimiser_step(model, params, opt, sched, feats, gt))
-                    if on_step is not None:
-                        on_step(epoch, step)
-                history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                                "lr": float(sched.get_last_lr()[0])})
-                self._write_log(history)
-                atomic_save({"format": CHECKPOINT_FORMAT, "run_key": self.resolved.run_key, "epoch": epoch + 1,
-                              "prompts": model.prompts.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(),
-                              "bn_buffers": bn_buffers(model) if self.train_cfg.bn == "adapt" else {},
-                              "torch_rng": torch.get_rng_state(), "history": history},
-                             self._checkpoint_path(epoch + 1))
-                if stop_after is not None and epoch + 1 >= stop_after:
-                    break
+                say_resumed(self.resolved.name, start, epochs, latest[1])
+            with contextlib.ExitStack() as stack:
+                pipe = None if cached else stack.enter_context(self.input_pipeline(train_ds))
+                for epoch in tqdm(range(start, epochs), desc=self.resolved.name, disable=not self.progress,
+                                  initial=start, total=epochs):
+                    model.train()
+                    losses = []
+                    batches = tqdm(self._batches(model, epoch, train_ds, views, pipe), total=steps_per_epoch,
+                                   leave=False, desc=f"epoch {epoch + 1}", disable=not self.progress)
+                    for step, (feats, gt) in enumerate(batches):
+                        losses.append(self.optimiser_step(model, params, opt, sched, feats, gt))
+                        if on_step is not None:
+                            on_step(epoch, step)
+                    history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                                    "lr": float(sched.get_last_lr()[0])})
+                    self._write_log(history)
+                    atomic_save({"format": CHECKPOINT_FORMAT, "run_key": self.resolved.run_key, "epoch": epoch + 1,
+                                  "prompts": model.prompts.state_dict(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict(),
+                                  "bn_buffers": bn_buffers(model) if self.train_cfg.bn == "adapt" else {},
+                                  "torch_rng": torch.get_rng_state(), "history": history},
+                                 self._checkpoint_path(epoch + 1))
+                    if stop_after is not None and epoch + 1 >= stop_after:
+                        break
         train_seconds = time.perf_counter() - t0
         if stop_after is not None:
             return RunResult(self.resolved.name, self.resolved.run_key, self.run_dir, {}, [], history,
@@ -412,17 +435,16 @@ class Trainer:
         crop = ds.spec.eval_crop
         if r.eval_protocol == "depthclip" or self.train_cfg.mode != "cached":
             protocol = "depthclip" if r.eval_protocol == "depthclip" else "authors"
-            return evaluate(model, ds, r.min_depth, r.max_depth, crop, protocol=protocol, device=self.device,
-                            keep_examples=keep_examples, progress=self.progress)
+            return evaluate(model, self.test_samples(), r.min_depth, r.max_depth, crop, protocol=protocol,
+                            device=self.device, keep_examples=keep_examples, progress=self.progress, total=len(ds))
         plain, flipped = self.test_views(model)
         text = model.text_features()
         scores = Scores(keep_examples)
-        for i in range(len(ds)):
+        for i, sample in enumerate(self.test_samples()):
             f, _ = plain.batch([i], self.device)
             ff, _ = flipped.batch([i], self.device)
             low = flip_average(model.forward_features(f, text), model.forward_features(ff, text),
                                r.min_depth, r.max_depth)
-            sample = ds[i]
             scores.add(sample, upsample(low, sample.depth.shape), sample.depth, low, crop=crop,
                        min_depth=r.min_depth, max_depth=r.max_depth)
         return scores.result()
