@@ -2,9 +2,12 @@
 # GPU check of the paper path, in under 5 minutes on one GPU:
 #   1. the paper rehearsal (./run_all.sh --profile paper --subset 8 -p device cuda, notebooks 01-03, 1 epoch)
 #      on the paper-shaped fixture with a random-init OpenAI-style RN50.pt;
-#   2. `clipdepth bench --device cuda --parts lockstep` at the paper's sizes (both datasets);
-# then writes OUTDIR/gpu_check.json: the rehearsal's wall time and status, the per-part costs of one
-# lockstep step, and the projected GPU-hours for all of Tables 3-7 (bench's projection_tables_3_7_s).
+#   2. `clipdepth bench --device cuda --parts lockstep,input` at the paper's sizes (both datasets): the per-part
+#      costs of one lockstep step, and the input side (decode, augmentation, one batch in one worker, a
+#      lockstep step fed by the input pipeline with min(8, cores - 1) workers against compute alone);
+# then writes OUTDIR/gpu_check.json: the rehearsal's wall time and status, the per-part costs, whether the
+# GPU step is input-bound or compute-bound, and the projected GPU-hours for all of Tables 3-7 (bench's
+# projection_tables_3_7_s, with and without the input side).
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
@@ -51,8 +54,8 @@ set -e
 t1=$(date +%s.%N)
 tail -3 "$OUT/rehearsal.log"
 
-echo "gpu_check: 2/2 clipdepth bench --device cuda --parts lockstep (paper sizes, both datasets)"
-"$PY" -m clipdepth bench --device cuda --parts lockstep --dataset both --out "$OUT/performance.json"
+echo "gpu_check: 2/2 clipdepth bench --device cuda --parts lockstep,input (paper sizes, both datasets)"
+"$PY" -m clipdepth bench --device cuda --parts lockstep,input --dataset both --out "$OUT/performance.json"
 
 "$PY" - "$OUT" "$rehearsal_rc" "$t0" "$t1" <<'PYEOF'
 import json
@@ -71,11 +74,21 @@ report = {
                   "index": str(out / "reports" / "paper" / "index.html")},
     "per_part_costs_s": {name: {k: v for k, v in d.items() if k.endswith("_s") or k == "per_row"}
                          for name, d in perf["lockstep"].items()},
+    "input_side": {name: {k: d[k] for k in ("workers", "decode_per_frame_s", "augment_per_frame_s",
+                                            "previous_augment_per_frame_s", "input_per_batch_s",
+                                            "encoder_per_batch_s", "overlap")}
+                   for name, d in perf.get("input", {}).items()},
+    "workers": perf.get("workers"),
+    "step_bound": perf.get("input_bound"),
     "projection_formula": perf.get("projection_formula"),
     "projected_gpu_hours_tables_3_7": {k: round(v / 3600, 2) for k, v in proj.items()},
     "performance_json": str(out / "performance.json"),
 }
 atomic_write_json(out / "gpu_check.json", report, indent=2)
+for name, bound in (report["step_bound"] or {}).items():
+    side = report["input_side"][name]
+    print(f"gpu_check: {name}: the GPU step is {bound}-bound with {report['workers']} input workers (one batch "
+          f"{side['input_per_batch_s']:.3f} s in one worker, encoder pass {side['encoder_per_batch_s']:.3f} s)")
 print(f"gpu_check: Tables 3-7 projected at {report['projected_gpu_hours_tables_3_7']} GPU-hours; "
       f"rehearsal exit {rc} in {report['rehearsal']['wall_seconds']} s; wrote {out / 'gpu_check.json'}")
 sys.exit(1 if rc else 0)

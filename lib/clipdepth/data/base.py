@@ -23,11 +23,12 @@ import numpy as np
 from clipdepth.data.common import (
     DataError,
     ListEntry,
+    RawFrame,
     Sample,
     check_pair,
     check_valid_depth,
-    read_depth_png,
-    read_rgb,
+    read_depth_u16,
+    read_rgb_u8,
     read_split_list,
 )
 from clipdepth.data.specs import DatasetSpec
@@ -198,20 +199,23 @@ class ListDataset(abc.ABC):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> Sample:
+    def raw(self, index: int) -> RawFrame:
+        """Sample ``index`` as decoded (uint8 image, uint16 depth, cropped), before conversion to float: the
+        augmentation rotates these, as AdaBins does. The all-invalid-depth check is left to ``__getitem__``
+        (training validates every frame through it before the first step)."""
         item = self.items[index]
         assert item.depth is not None
-        image = read_rgb(item.rgb)
-        depth = read_depth_png(item.depth, self.spec.depth_scale)
+        image = read_rgb_u8(item.rgb)
+        depth = read_depth_u16(item.depth)
         check_pair(image, depth, item.rgb, item.depth)
         image, depth = self._crop(image, depth)
-        check_valid_depth(depth, item.depth, self.spec.min_depth, self.spec.max_depth)
-        return Sample(
-            image=np.ascontiguousarray(image),
-            depth=np.ascontiguousarray(depth),
-            name=self._name(item.entry),
-            focal=item.entry.focal,
-        )
+        return RawFrame(image=np.ascontiguousarray(image), depth=np.ascontiguousarray(depth),
+                        depth_scale=self.spec.depth_scale, name=self._name(item.entry), focal=item.entry.focal)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.raw(index).sample()
+        check_valid_depth(sample.depth, self.items[index].depth, self.spec.min_depth, self.spec.max_depth)
+        return sample
 
     def missing_report(self) -> list[str]:
         """One line per missing file: ``line N: path`` (N = line of the split list)."""

@@ -48,6 +48,28 @@ class Sample:
         return int(self.image.shape[0]), int(self.image.shape[1])
 
 
+@dataclass
+class RawFrame:
+    """A frame as decoded, before conversion to float: what the AdaBins augmentation starts from.
+
+    ``image`` is uint8 HxWx3, ``depth`` the uint16 values of the depth PNG (0 = no ground truth), both
+    after the reader's crop; :meth:`sample` converts them exactly as the reader's ``__getitem__`` does.
+    """
+
+    image: np.ndarray
+    depth: np.ndarray
+    depth_scale: float
+    name: str
+    focal: float
+
+    def sample(self) -> Sample:
+        """The float sample (image / 255, depth / scale in float32), byte for byte the reader's."""
+        image = np.asarray(self.image, dtype=np.float32) / np.float32(255.0)
+        depth = np.asarray(self.depth, dtype=np.float32) / np.float32(self.depth_scale)
+        return Sample(image=np.ascontiguousarray(image), depth=np.ascontiguousarray(depth), name=self.name,
+                      focal=self.focal)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks so multi-GB archives do not need to fit in memory."""
     digest = hashlib.sha256()
@@ -80,12 +102,17 @@ def _open_image(path: Path, what: str) -> Image.Image:
     return img
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an RGB image file to float32 HxWx3 in [0, 1]."""
+def read_rgb_u8(path: str | Path) -> np.ndarray:
+    """Decode an RGB image file to uint8 HxWx3 (PIL; Pillow decodes JPEG with libjpeg-turbo)."""
     img = _open_image(Path(path), "image")
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    return np.asarray(img)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an RGB image file to float32 HxWx3 in [0, 1]."""
+    return read_rgb_u8(path).astype(np.float32) / np.float32(255.0)
 
 
 def read_depth_u16(path: str | Path) -> np.ndarray:

@@ -57,8 +57,10 @@ def check_workers(num_workers: Any) -> int:
 
 
 def load_frame(reader: Any, index: int) -> Any:
-    """What the augmentation starts from: the reader's sample ``index``."""
-    return reader[index]
+    """What the augmentation starts from: the reader's decoded frame ``index`` before float conversion
+    (:meth:`~clipdepth.data.base.ListDataset.raw`), or its sample for readers without one."""
+    raw = getattr(reader, "raw", None)
+    return raw(index) if raw is not None else reader[index]
 
 
 class _Frames(Dataset):

@@ -1,15 +1,26 @@
-"""Training augmentation in the AdaBins order, and conversion to torch tensors.
+"""Training augmentation in the AdaBins order, on the AdaBins dtypes, and conversion to torch tensors.
 
-The paper trains with the AdaBins data loader, so the augmentation follows it step by step:
+The paper trains with the AdaBins data loader, so the augmentation follows it operation by operation,
+each on the data type it has there:
 
-1. NYU only: border crop (43, 45, 608, 472) removing the unregistered Kinect border (KITTI frames
-   arrive already KB-cropped from the reader);
-2. rotation by U(-r, r) degrees (NYU r = 2.5, KITTI r = 1.0), bilinear for the image, nearest for
-   depth, zero outside (so rotated-in corners have no ground truth);
-3. random crop (NYU 416x544, KITTI 352x704);
-4. horizontal flip with p = 0.5;
-5. with p = 0.5: gamma U(0.9, 1.1), brightness (NYU U(0.75, 1.25), KITTI U(0.9, 1.1)), per-channel
-   gain U(0.9, 1.1), clip to [0, 1].
+1. NYU only: border crop (43, 45, 608, 472) of the decoded 8-bit image and 16-bit depth, removing the
+   unregistered Kinect border (KITTI frames arrive already KB-cropped from the reader, as AdaBins
+   crops them before rotating);
+2. rotation by U(-r, r) degrees (NYU r = 2.5, KITTI r = 1.0) with PIL's ``Image.rotate`` of the
+   8-bit image (bilinear, result rounded to 8 bits) and of the 16-bit depth values (nearest, as the
+   32-bit image the authors' Pillow opened, see :func:`rotate`), zero outside (rotated-in corners are
+   black and have no ground truth);
+3. conversion to float32: image / 255, depth / the dataset's depth scale;
+4. random crop (NYU 416x544, KITTI 352x704);
+5. horizontal flip with p = 0.5;
+6. with p = 0.5: gamma U(0.9, 1.1) and brightness (NYU U(0.75, 1.25), KITTI U(0.9, 1.1)) in float32,
+   per-channel gain U(0.9, 1.1) multiplied in float64 and stored as float32 (AdaBins multiplies in
+   place by a float64 colour image), clip to [0, 1].
+
+The transform starts from a reader's :class:`~clipdepth.data.common.RawFrame` (decoded, not yet
+converted; the input pipeline uses it) or from a :class:`~clipdepth.data.common.Sample`, whose image
+must then hold 8-bit values (k / 255, as every reader returns): it is converted back exactly, and its
+float depth is rotated with the same nearest-neighbour sampling, so both starts give identical bytes.
 
 The output stays in [0, 1]; ImageNet/CLIP normalisation is the backbone's job. Randomness comes from
 a numpy Generator seeded with (seed, epoch, index), so a given sample of a given epoch is augmented
@@ -26,8 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 
-from clipdepth.data.common import Sample
+from clipdepth.data.common import RawFrame, Sample
 from clipdepth.data.specs import NYU_BORDER_CROP, DatasetSpec, get_spec
 
 __all__ = ["AugmentConfig", "TrainTransform", "rotate", "to_tensor", "TransformedDataset", "border_crop"]
@@ -69,36 +81,32 @@ def border_crop(image: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def rotate(image: np.ndarray, depth: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate counter-clockwise about the frame centre; bilinear image, nearest depth, zeros outside."""
-    h, w = depth.shape
-    if degrees == 0:
-        return image.copy(), depth.copy()
-    a = np.deg2rad(degrees)
-    ca, sa = np.cos(a), np.sin(a)
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy, xx = np.mgrid[0:h, 0:w]
-    xr, yr = xx - cx, yy - cy
-    sx = ca * xr - sa * yr + cx  # source coordinates of each output pixel
-    sy = sa * xr + ca * yr + cy
+    """PIL's ``Image.rotate`` (counter-clockwise about the frame centre, zero outside) of an 8-bit image
+    (bilinear) and a depth map (nearest), as AdaBins rotates them.
 
-    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-    fx, fy = (sx - x0).astype(np.float32), (sy - y0).astype(np.float32)
-    out = np.zeros_like(image, dtype=np.float32)
-    for dy_, dx_, wgt in (
-        (0, 0, (1 - fx) * (1 - fy)),
-        (0, 1, fx * (1 - fy)),
-        (1, 0, (1 - fx) * fy),
-        (1, 1, fx * fy),
-    ):
-        xi, yi = x0 + dx_, y0 + dy_
-        ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        vals = image[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
-        out += np.where(ok[..., None], vals, 0) * wgt[..., None]
+    The depth is rotated as a 32-bit image (PIL mode ``I`` for uint16 values, ``F`` for metres): the
+    authors' Pillow 9.2 opened a 16-bit PNG as mode ``I``, and recent Pillow's 16-bit (``I;16``) nearest
+    rotation picks other pixels along the rotated-in border. Returns uint8 and int32 (or float32) arrays.
+    """
+    if image.dtype != np.uint8:
+        raise ValueError(f"rotate: the image must be 8-bit (uint8), as AdaBins rotates it; got {image.dtype}")
+    wide = depth.astype(np.int32) if depth.dtype == np.uint16 else depth
+    rotated = Image.fromarray(image).rotate(float(degrees), resample=Image.Resampling.BILINEAR)
+    rotated_depth = Image.fromarray(wide).rotate(float(degrees), resample=Image.Resampling.NEAREST)
+    return np.asarray(rotated), np.asarray(rotated_depth)
 
-    xn, yn = np.floor(sx + 0.5).astype(np.int64), np.floor(sy + 0.5).astype(np.int64)
-    ok = (xn >= 0) & (xn < w) & (yn >= 0) & (yn < h)
-    dep = np.where(ok, depth[np.clip(yn, 0, h - 1), np.clip(xn, 0, w - 1)], 0).astype(np.float32)
-    return out, dep
+
+def _as_u8(sample: Sample) -> np.ndarray:
+    """A reader sample's image (values k / 255 in float32) back as the uint8 it was decoded from; refuses
+    anything else, since rounding a float image to 8 bits would silently change it."""
+    image = np.asarray(sample.image)
+    u8 = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    if image.dtype != np.float32 or not np.array_equal(u8.astype(np.float32) / np.float32(255.0), image):
+        raise ValueError(
+            f"{sample.name}: the augmentation rotates 8-bit images (AdaBins); this image is not k/255 in float32 "
+            "(pass the reader's decoded frame or an 8-bit image)"
+        )
+    return u8
 
 
 class TrainTransform:
@@ -124,7 +132,7 @@ class TrainTransform:
         """The generator used for sample ``index`` in ``epoch``."""
         return np.random.default_rng([self.seed, int(epoch), int(index)])
 
-    def __call__(self, sample: Sample, epoch: int = 0, index: int = 0) -> Sample:
+    def __call__(self, sample: Sample | RawFrame, epoch: int = 0, index: int = 0) -> Sample:
         cfg = self.config
         rng = self.rng(epoch, index)
         angle = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)
@@ -135,10 +143,15 @@ class TrainTransform:
         brightness = rng.uniform(*cfg.brightness)
         gains = rng.uniform(cfg.gain[0], cfg.gain[1], size=3)
 
-        image, depth = sample.image, sample.depth
+        if isinstance(sample, RawFrame):
+            image, depth, scale = sample.image, sample.depth, np.float32(sample.depth_scale)
+        else:
+            image, depth, scale = _as_u8(sample), np.asarray(sample.depth, dtype=np.float32), None
         if cfg.nyu_border:
             image, depth = border_crop(image, depth)
         image, depth = rotate(image, depth, angle)
+        image = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        depth = np.asarray(depth, dtype=np.float32) if scale is None else np.asarray(depth, np.float32) / scale
         h, w = depth.shape
         ch, cw = cfg.crop
         if ch > h or cw > w:
@@ -153,9 +166,9 @@ class TrainTransform:
         if flip:
             image, depth = image[:, ::-1], depth[:, ::-1]
         if colour:
-            image = np.power(np.clip(image, 0, None), np.float32(gamma)) * np.float32(brightness)
-            image = image * gains.astype(np.float32)
-        image = np.clip(image, 0, 1).astype(np.float32)
+            image = image ** np.float32(gamma) * np.float32(brightness)  # float32, as AdaBins
+            image = (image * gains).astype(np.float32)  # float64 product stored as float32, as AdaBins
+            image = np.clip(image, 0, 1)
         return Sample(
             image=np.ascontiguousarray(image),
             depth=np.ascontiguousarray(depth, dtype=np.float32),

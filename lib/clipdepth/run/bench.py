@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from clipdepth._files import atomic_write_json
+from clipdepth.data.pipeline import check_workers
 from clipdepth.model.backbone import dense_features, load_clip, resolve_device
 from clipdepth.model.factory import learned_prompt_model
 from clipdepth.model.prompt_learner import PromptEncoder, encode_prompts
@@ -48,7 +49,10 @@ PROJECTION_FORMULA = (
     "group_rows_s (lockstep: every row's text in one pass, heads, losses, one backward, per-row steps) or "
     "sum_i (encoder_s + target_s + row_step_s[i]) (separate); "
     "eval = passes_d * n_test_d * 2 * eval_encoder_s (2 = image and mirror; lockstep: one pass for the "
-    "trained group plus one shared by the untrained rows; separate: one per row); total = sum over d"
+    "trained group plus one shared by the untrained rows; separate: one per row); total = sum over d. "
+    "With the input side (parts lockstep and input together): the pipeline builds batches ahead in `workers` "
+    "processes, so a lockstep step costs max(step_d, input_batch_d / workers) with input_batch_d = decode + "
+    "augment + collate of one batch in one worker (lockstep_with_input)"
 )
 
 
@@ -252,12 +256,26 @@ def bench_lockstep(dataset: str, clip_model: Any, device: torch.device, batch_si
     }
 
 
-PARTS: tuple[str, ...] = ("lockstep", "cached", "text")
+PARTS: tuple[str, ...] = ("lockstep", "cached", "text", "input")
+DEFAULT_PARTS: tuple[str, ...] = ("lockstep", "cached", "text")
+
+
+def _projection_with_input(report: dict[str, Any]) -> float:
+    """Tables 3-7 with the input side: per dataset, every step costs max(lockstep step, input batch / workers)."""
+    total = 0.0
+    for name, d in report["lockstep"].items():
+        inp = report["input"][name]
+        step = max(d["lockstep_step_s"], inp["input_per_batch_s"] / max(inp["workers"], 1))
+        total += d["projection_s"]["lockstep"] + PAPER_EPOCHS * d["steps_per_epoch"] * (step - d["lockstep_step_s"])
+    return total
 
 
 def run_benchmark(datasets: list[str], device: str = "cpu", batch_size: int = 16, repeats: int = 3,
-                  arch: str = "RN50-quickgelu", parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
-    """Every measurement of ``parts`` (lockstep vs separate faithful; faithful vs cached; text encoder)."""
+                  arch: str = "RN50-quickgelu", parts: tuple[str, ...] = DEFAULT_PARTS,
+                  workers: int | None = None) -> dict[str, Any]:
+    """Every measurement of ``parts`` (lockstep vs separate faithful; faithful vs cached; text encoder; input
+    side: decode, augmentation, and a lockstep step with the input pipeline running ahead in ``workers``
+    processes, the machine's default when None)."""
     dev = torch.device(device)
     clip_model = load_clip(arch, weights=None, seed=0, device=dev)
     bf16 = dev.type == "cuda"
@@ -277,6 +295,17 @@ def run_benchmark(datasets: list[str], device: str = "cpu", batch_size: int = 16
         report["datasets"] = {d: bench_dataset(d, clip_model, dev, batch_size, repeats, bf16) for d in datasets}
     if "text" in parts:
         report["text_encoder"] = bench_text(clip_model, dev, repeats)
+    if "input" in parts:
+        from clipdepth.run.bench_input import bench_input  # the input side's own module (its frames, the previous path)
+
+        report["workers"] = max(1, check_workers(workers))
+        report["input"] = {d: bench_input(d, distinct_trained_rows(d)[:2], clip_model, dev, batch_size,
+                                          report["workers"]) for d in datasets}
+        if "lockstep" in parts:
+            report["projection_tables_3_7_s"]["lockstep_with_input"] = _projection_with_input(report)
+            report["input_bound"] = {  # is the step of the Tables 3-7 group waiting for its batches?
+                d: "input" if report["input"][d]["input_per_batch_s"] / report["workers"]
+                > report["lockstep"][d]["lockstep_step_s"] else "compute" for d in datasets}
     return report
 
 
@@ -296,8 +325,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                          f"head+loss+backward {r['head_loss_backward_s'] * 1e3:6.1f} ms)")
     if "projection_tables_3_7_s" in report:
         proj = report["projection_tables_3_7_s"]
+        with_input = ""
+        if "lockstep_with_input" in proj:
+            hours = proj["lockstep_with_input"] / 3600
+            with_input = f"; with the input side ({report['workers']} worker(s)) {hours:.1f} h"
         lines.append(f"Tables 3-7, {', '.join(report['lockstep'])}, faithful protocol on this device: lockstep "
-                     f"{proj['lockstep'] / 3600:.1f} h vs separate {proj['separate_faithful'] / 3600:.1f} h")
+                     f"{proj['lockstep'] / 3600:.1f} h vs separate {proj['separate_faithful'] / 3600:.1f} h"
+                     + with_input)
     for name, d in report.get("datasets", {}).items():
         for precision in ("fp32", "bf16"):
             if precision not in d:
@@ -312,6 +346,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for words, t in report.get("text_encoder", {}).items():
         lines.append(f"text encoder {words}: {t['truncated_tokens']} vs {t['full_tokens']} tokens -> "
                      f"truncated is {t['full_over_truncated']:.1f}x faster (forward+backward)")
+    if "input" in report:
+        from clipdepth.run.bench_input import summary_lines as input_lines
+
+        lines.extend(input_lines(report))
+        for name, bound in report.get("input_bound", {}).items():
+            lines.append(f"{name}: the lockstep step of Tables 3-7 is {bound}-bound with {report['workers']} worker(s) "
+                         f"(input {report['input'][name]['input_per_batch_s']:.3f} s/batch per worker vs step "
+                         f"{report['lockstep'][name]['lockstep_step_s']:.3f} s)")
     return lines
 
 
@@ -327,7 +369,11 @@ def _cmd(args: argparse.Namespace) -> int:
         print(f"error: --device {args.device}: CUDA is not available on this machine; use --device cpu or auto",
               file=sys.stderr)
         return 2
-    report = run_benchmark(datasets, device, args.batch_size, args.repeats, args.arch, parts)
+    if args.workers is not None and args.workers < 0:
+        print(f"error: --workers: {args.workers} is negative; use 0 or more (0 = build batches in this process)",
+              file=sys.stderr)
+        return 2
+    report = run_benchmark(datasets, device, args.batch_size, args.repeats, args.arch, parts, args.workers)
     for line in summary_lines(report):
         print(line)
     out = Path(args.out) if args.out else Path(args.reports_dir) / args.profile / "performance.json"
@@ -343,9 +389,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", default="RN50-quickgelu")
-    parser.add_argument("--parts", default=",".join(PARTS),
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
                         help="comma-separated: lockstep (lockstep vs separate faithful steps, per-part costs, "
-                             "projection of Tables 3-7), cached (faithful vs cached step), text (truncated context)")
+                             "projection of Tables 3-7), cached (faithful vs cached step), text (truncated context), "
+                             "input (decode, augmentation, input pipeline vs compute; not in the default)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="input pipeline processes for --parts input (default: min(8, cores - 1))")
     parser.add_argument("--profile", default="demo", help="report folder: reports/<profile>/performance.json")
     parser.add_argument("--reports-dir", default="reports")
     parser.add_argument("--out", default=None, help="write the JSON here instead")

@@ -52,8 +52,8 @@ from clipdepth.study.experiments import ResolvedExperiment
 from clipdepth.train._codeid import code_fingerprint
 from clipdepth.train.losses import SILogTarget
 from clipdepth.train.run_files import CHECKPOINT_FORMAT, RunResult, atomic_save
-from clipdepth.train.step import batch_order, bn_buffers, optimiser_steps
-from clipdepth.train.trainer import Trainer, build_model, say_resumed
+from clipdepth.train.step import batch_order, bn_buffers, optimiser_steps, say_resumed
+from clipdepth.train.trainer import Trainer, build_model
 
 __all__ = ["LockstepGroup", "RunOptions", "SharedEvaluation", "SingleRow", "Unit", "eval_stream_key", "plan",
            "run_units", "stream_key"]

@@ -8,11 +8,14 @@ lockstep exactness tests rest on it.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from clipdepth.model.head import BinPromptDepth, normalise_text
 from clipdepth.model.prompt_learner import encode_prompts
@@ -113,3 +116,6 @@ def batch_order(seed: int, epoch: int, n: int, batch_size: int) -> list[list[int
     return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
 
 
+def say_resumed(what: str, epoch: int, epochs: int, checkpoint: Path) -> None:
+    """One line on stderr (above any progress bar): a rerun after a kill continues from ``checkpoint``."""
+    tqdm.write(f"{what}: resumed from the checkpoint of epoch {epoch} of {epochs} ({checkpoint})", file=sys.stderr)

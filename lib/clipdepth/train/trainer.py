@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,15 +70,11 @@ from clipdepth.train.step import (
     make_optimiser,
     optimiser_step,
     precision_context,
+    say_resumed,
 )
 
 __all__ = ["CHECKPOINT_FORMAT", "PRECISIONS", "DamagedResultWarning", "RunResult", "Trainer",
            "batch_order", "build_model", "make_optimiser", "optimiser_step", "run_table_row"]
-
-
-def say_resumed(what: str, epoch: int, epochs: int, checkpoint: Path) -> None:
-    """One line on stderr (above any progress bar): a rerun after a kill continues from ``checkpoint``."""
-    tqdm.write(f"{what}: resumed from the checkpoint of epoch {epoch} of {epochs} ({checkpoint})", file=sys.stderr)
 
 
 def build_model(resolved: ResolvedExperiment, clip_model: open_clip.CLIP) -> BinPromptDepth:
@@ -304,7 +299,6 @@ class Trainer:
             for idx in order:
                 yield views[epoch % len(views)].batch(idx, self.device)
             return
-        assert pipe is not None
         for images, depth in pipe.epoch(epoch, order):
             yield self._features(model, images), depth
 
