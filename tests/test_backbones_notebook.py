@@ -32,12 +32,15 @@ def ctx(tmp_path, monkeypatch):
     return report.start_notebook("06_backbones", p, profile="demo", reports_dir=tmp_path / "reports")
 
 
-def test_backbone_steps_end_to_end(ctx, tmp_path):
+def test_backbone_steps_end_to_end(ctx, tmp_path, monkeypatch):
     backbones = [[a, None] for a in ARCHS] + [["ViT-B-16-SigLIP", None]]
+    check = steps.check_backbone
+    refusal = "prompt encoder: refused by this test"  # SigLIP runs (tests/test_backbone_towers.py); a refused
+    monkeypatch.setattr(steps, "check_backbone",  # tower is listed with its reason, not run
+                        lambda model, arch, *a: refusal if arch == "ViT-B-16-SigLIP" else check(model, arch, *a))
     plan = steps.plan_backbones(ctx, backbones)
-    # SigLIP is listed with the reason, not run
     siglip = plan.backbones[2]
-    assert siglip["status"].startswith("prompt encoder:") and "vocabulary of 32000" in siglip["status"]
+    assert siglip["status"] == refusal
     assert [k for k in plan.keys] == [(f"{a} (random)", "nyu", row) for a in ARCHS for row in steps.ROWS]
     assert [e.arch for e, _ in plan.specs] == [a for a in ARCHS for _ in steps.ROWS]
     assert all(w is None for _, w in plan.specs)
@@ -95,8 +98,10 @@ def test_backbone_steps_end_to_end(ctx, tmp_path):
 
 def test_support_check_names_the_size_that_does_not_fit(rn50):
     assert steps.check_backbone(rn50, "RN50-quickgelu", "depthclip", {"nyu": [(128, 160)]}) is None
-    why = steps.check_backbone(rn50, "RN50-quickgelu", "depthclip", {"kitti": [(96, 192), (100, 320)]})
-    assert why.startswith("kitti input size 100x320 is not divisible by the feature stride 32")
+    # sizes the stride does not divide are rounded by the model; a size below one cell cannot be
+    assert steps.check_backbone(rn50, "RN50-quickgelu", "depthclip", {"kitti": [(100, 320)]}) is None
+    why = steps.check_backbone(rn50, "RN50-quickgelu", "depthclip", {"kitti": [(96, 192), (20, 320)]})
+    assert why == "kitti input size 20x320 is smaller than one feature cell (stride 32)"
 
 
 def test_bad_backbones_are_refused_in_one_line(ctx, tmp_path):
@@ -135,3 +140,14 @@ def test_load_clip_builds_other_open_clip_architectures_with_random_init():
                                                      strict=True))  # seeded
     with pytest.raises(ValueError, match="any other name in open_clip.list_models"):
         load_clip("RN51")
+
+
+def test_siglip_with_real_weights_needs_its_tokenizer_before_any_row(ctx, tmp_path):
+    """Offline, SigLIP's Hugging Face tokenizer is missing: one line naming it, nothing trained."""
+    from clipdepth.model.backbone import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError) as info:
+        steps.plan_backbones(ctx, [["ViT-B-16-SigLIP", "webli"]])
+    assert str(info.value).startswith("ViT-B-16-SigLIP: its text tokenizer 'timm/ViT-B-16-SigLIP' is not in the "
+                                      "local Hugging Face cache") and "\n" not in str(info.value)
+    assert not (tmp_path / "runs").exists()

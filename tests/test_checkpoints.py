@@ -29,6 +29,7 @@ from torch import nn
 from clipdepth.model import checkpoints
 from clipdepth.model.backbone import CheckpointError, WeightsUnavailableError, dense_features, load_clip, weights_id
 from clipdepth.model.checkpoints import EXPECTED_FORMATS, checkpoint_format, read_state_dict
+from clipdepth.study import neighbours as nb
 
 ARCH = "RN50-quickgelu"
 PROMPTS = ["This object appears to be close", "This object appears to be very distant", "a photo of a room"]
@@ -134,8 +135,14 @@ def source_features(source) -> dict[str, torch.Tensor]:
     return _features(source)
 
 
+@pytest.fixture(scope="module")
+def source_sweep(source) -> nb.VocabSweep:
+    return nb.vocab_sweep(source, "random:0", ARCH, vocab_limit=8, cache_dir=None, progress=False)
+
+
 @pytest.mark.parametrize("name", list(FORMATS))
-def test_every_format_loads_the_same_network(name, files, source, source_features, openai_loaded):
+def test_every_format_loads_the_same_network(name, files, source, source_features, source_sweep, openai_loaded,
+                                             tmp_path):
     path = files[name]
     assert checkpoint_format(path) == FORMATS[name][1]
     model = openai_loaded if name == "openai_torchscript" else load_clip(ARCH, path)
@@ -145,6 +152,12 @@ def test_every_format_loads_the_same_network(name, files, source, source_feature
     features = _features(model)
     assert all(torch.equal(features[k], source_features[k]) for k in source_features)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
+    # Table 8 from the file: the vocabulary sweep is the source model's, cached under the file's content
+    sweep = nb.vocab_sweep(model, weights_id(path), ARCH, vocab_limit=8, cache_dir=tmp_path, progress=False)
+    again = nb.vocab_sweep(model, weights_id(path), ARCH, vocab_limit=8, cache_dir=tmp_path, progress=False)
+    assert torch.equal(sweep.features, source_sweep.features) and not sweep.from_cache and again.from_cache
+    assert sweep.key["weights"] == weights_id(path) == f"sha256:{checkpoints.file_sha256(path)}"
+    assert torch.equal(again.features, sweep.features)
 
 
 def test_legacy_torch_save_format(tmp_path):

@@ -1,17 +1,19 @@
 """The paper path rehearsed end to end: ``./run_all.sh --profile paper --subset N`` on paper-shaped data.
 
-Why: ``--profile paper`` is what users come for and, before this test, had never run past its
-prerequisite check here. The fixture is :func:`clipdepth.data.paper_shaped.write_paper_shaped` (the
-real NYU / KITTI layouts at full resolution, full-length BTS lists of which only the first frames
-exist) and a weights *file* in the format users have: an OpenAI-style TorchScript ``RN50.pt`` written
-from a random-init RN50-quickgelu. The run uses the paper's sizes on CPU (416x544 train crops,
-480x640 / 352x1216 test), so it keeps ``--subset 2`` and ``epochs 1``.
+Why: ``--profile paper`` is what users come for. The fixture is
+:func:`clipdepth.data.paper_shaped.write_paper_shaped` (the real NYU / KITTI layouts at full resolution,
+full-length BTS lists of which only the first frames exist) and a weights *file* for every model, in the
+format users have: an OpenAI-style TorchScript ``RN50.pt`` written from a random-init RN50-quickgelu (the
+CLIP of notebooks 01-06), timm's ViT-B/16 ``.safetensors`` and a Hugging Face BERT folder (``config.json``,
+``model.safetensors``, ``vocab.txt``; bert-base's width, 2 layers) for LLM-MDE. The run uses the paper's
+sizes on CPU (416x544 train crops, 480x640 / 352x1216 test), so it keeps ``--subset 2`` and one epoch.
 
-Covered: notebooks 01-03 (Tables 3-7, both datasets), the ``--plan`` output, and bad input at the
-``./run_all.sh`` level (a subset larger than the lists, a listed file missing, an 8-bit depth PNG, a
-checkpoint of another architecture, ``device=cuda`` without CUDA), each stopping before anything is
-written. Not covered: notebook 04 (it needs a vocabulary sweep over the whole training set) and
-notebook 05 (its baselines need BERT / LLM weights, which cannot be downloaded here).
+Covered: all six notebooks in one ``run_all`` -- Tables 3-7 (01-03, both datasets), Table 8 (04, a
+40-token vocabulary sweep of the trained learned-7 run), the baselines (05: DepthCLIP, learned-7,
+CLIP2Depth on RN50 and LLM-MDE from its files, one epoch each, a small reprogramming layer) and the
+backbone notebook (06, restricted to RN50 from the same file) -- the ``--plan`` output, and bad input at
+the ``./run_all.sh`` level (a subset larger than the lists, a listed file missing, an 8-bit depth PNG, a
+checkpoint of another architecture, ``device=cuda`` without CUDA), each stopping before anything is written.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_baseline_weights import BERT, LAYERS, write_bert, write_vit
 from test_checkpoints import write_openai_archive
 
 from clipdepth.data.paper_shaped import write_paper_shaped
@@ -45,6 +48,8 @@ TABLE_ROWS: dict[str, tuple[str, ...]] = {
     "t7": ("7", "20", "256"),
 }
 NOTEBOOKS = ("01_token_ablation", "02_context_tokens", "03_bins")
+ALL_NOTEBOOKS = (*NOTEBOOKS, "04_nearest_neighbours", "05_baselines", "06_backbones")
+VOCAB_LIMIT = 40
 
 
 def _env() -> dict[str, str]:
@@ -74,6 +79,34 @@ def weights(rn50, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def baseline_files(tmp_path_factory) -> dict[str, Path]:
+    """LLM-MDE's checkpoints as people hold them: timm's ViT-B/16 state dict (with its ImageNet head) and
+    a Hugging Face BERT folder saved from a pre-training model (bert-base's width, 2 layers)."""
+    import timm
+    from transformers import BertConfig, BertForMaskedLM
+
+    root = tmp_path_factory.mktemp("baseline_weights")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = write_vit(timm.create_model("vit_base_patch16_224", pretrained=False), root / "vit_b16.safetensors")
+        bert = BertForMaskedLM(BertConfig(vocab_size=BERT["vocab"], hidden_size=BERT["hidden"],
+                                          num_hidden_layers=LAYERS, num_attention_heads=BERT["heads"],
+                                          intermediate_size=BERT["intermediate"]))
+    return {"vit": vit, "bert": write_bert(bert, root / "bert-base-uncased", whole=True)}
+
+
+def _later_notebooks(weights: Path, files: dict[str, Path]) -> list[str]:
+    """Notebooks 04-06 on the rehearsal's budget: a small vocabulary, every baseline for one epoch from
+    its files (CLIP2Depth on the study's RN50, LLM-MDE with a small reprogramming layer), and notebook 06
+    on RN50 from the same file."""
+    options = json.dumps({"bert_layers": LAYERS, "n_prototypes": 100, "d_keys": 32})
+    return ["-p", "vocab_limit", str(VOCAB_LIMIT), "-p", "clip2depth_arch", "RN50-quickgelu",
+            "-p", "clip2depth_epochs", "1", "-p", "llm_mde_epochs", "1", "-p", "llm_mde_vit", str(files["vit"]),
+            "-p", "llm_mde_bert", str(files["bert"]), "-p", "llm_mde_options", options,
+            "-p", "llm_mde_image_size", "64", "-p", "backbones", json.dumps([["RN50-quickgelu", str(weights)]])]
+
+
 def _paper_args(data: Path, weights: Path, work: Path, *extra: str) -> list[str]:
     return ["--profile", "paper", "--subset", str(SUBSET), "-p", "data_dir", str(data), "-p", "weights", str(weights),
             "-p", "epochs", "1", "--reports-dir", str(work / "reports"), "-p", "runs_dir", str(work / "runs"),
@@ -98,13 +131,15 @@ def test_plan_prints_the_groups_and_the_data_check_without_running(shaped, weigh
     assert not any((tmp_path / d).exists() for d in ("reports", "runs", "cache"))
 
 
-def test_paper_rehearsal_end_to_end(shaped, weights, tmp_path) -> None:
-    """Every row of Tables 3-7 on both datasets, labelled with its subset and protocol, no verdicts."""
+def test_paper_rehearsal_end_to_end(shaped, weights, baseline_files, tmp_path) -> None:
+    """All six notebooks: every row of Tables 3-7 on both datasets, Table 8, the baselines and the
+    backbone notebook, each labelled with its subset and protocol, no verdicts."""
     t0 = time.perf_counter()
-    proc = run_all(_paper_args(shaped, weights, tmp_path, "--only", "01,02,03", "-p", "device", "auto"))
+    proc = run_all(_paper_args(shaped, weights, tmp_path, "-p", "device", "auto",
+                               *_later_notebooks(weights, baseline_files)))
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    print(f"paper rehearsal (subset {SUBSET}, 1 epoch, CPU): {seconds:.0f} s")
+    print(f"paper rehearsal (6 notebooks, subset {SUBSET}, 1 epoch, CPU): {seconds:.0f} s")
     out = tmp_path / "reports" / "paper"
     page = (out / "index.html").read_text(encoding="utf-8")
     assert NYU_LABEL in page and KITTI_LABEL in page
@@ -138,6 +173,61 @@ def test_paper_rehearsal_end_to_end(shaped, weights, tmp_path) -> None:
     assert untrained == {(t, d, label) for d in ("nyu", "kitti") for t, label in
                          [("t3", "colour-7"), ("t3", "size-7"), ("t3", "depth-7"), ("t3", "random-7"),
                           ("t3", "rand-txt-7"), ("t4", "Baseline")]}
+    _later_notebooks_ran(out, weights, baseline_files, found)
+
+
+def _results(out: Path, name: str, weights: Path) -> dict:
+    """A notebook's results.json, with what every notebook of the rehearsal must say."""
+    results = json.loads((out / name / "results.json").read_text(encoding="utf-8"))
+    assert results["profile"] == "paper" and results["parameters"]["subset"] == SUBSET, name
+    assert results["verdicts"] is False, name
+    assert all(c.get("within_tolerance") is None and c.get("verdict") is None for c in results["comparison"]), name
+    assert results["rows"], name
+    return results
+
+
+def _later_notebooks_ran(out: Path, weights: Path, files: dict[str, Path], found: dict) -> None:
+    # 04: Table 8 from the trained learned-7 run (the same run as Table 3's row), a 40-token sweep
+    t8 = _results(out, "04_nearest_neighbours", weights)
+    (row,) = t8["rows"]
+    table3 = found[("t3", "nyu", "learned-7")]
+    assert row["experiment"] == "t3/nyu/learned-7" and row["run_dir"] == table3["run_dir"]
+    assert row["subset_label"] == NYU_LABEL and row["protocol"]["mode"] == "faithful" and row["epochs"] == 1
+    assert t8["weights"]["requested"] == str(weights)
+    sweep = t8["extra"]["top_k"]["sweep"]  # computed from the weights file, cached under its content hash
+    assert sweep["key"]["weights"] == t8["weights"]["id"] and t8["weights"]["id"].startswith("sha256:")
+    assert sweep["key"]["vocab_limit"] == VOCAB_LIMIT and VOCAB_LIMIT < sweep["tokens"] < VOCAB_LIMIT + 20
+    assert len(t8["extra"]["top_k"]["prompt"]) == 7 * 15  # 15 neighbours of each learned depth token
+    assert t8["extra"]["anomaly"]["tables"]["learned"]  # the anomaly check ran on the same sweep
+    assert {"projection_pca.png", "projection_tsne.png", "neighbours_over_epochs.png"} <= set(t8["figures"])
+
+    # 05: every method on both datasets (DepthCLIP on NYU only), LLM-MDE from its files
+    base = _results(out, "05_baselines", weights)
+    keys = {(r["experiment"], r["dataset"]) for r in base["rows"]}
+    assert keys == {("depthclip/nyu/zero-shot", "nyu"), ("baselines/nyu/depthclip-metric", "nyu"),
+                    *{(f"t3/{d}/learned-7", d) for d in ("nyu", "kitti")},
+                    *{(f"baselines/{d}/{m}", d) for d in ("nyu", "kitti") for m in ("clip2depth", "llm-mde")}}
+    for r in base["rows"]:
+        assert np.isfinite(r["abs_rel"]) and 0 <= r["d1"] <= 1, r["experiment"]
+        assert r["subset_label"] == (NYU_LABEL if r["dataset"] == "nyu" else KITTI_LABEL), r["experiment"]
+        if r["experiment"].startswith("baselines/") and r["trained"]:  # CLIP2Depth, LLM-MDE: one epoch, one step
+            assert r["epochs"] == 1 and r["steps"] == 1, r["experiment"]
+        if r["experiment"].endswith("/llm-mde"):
+            assert np.isfinite(r["norm_abs_rel"])
+            saved = json.loads((Path(r["run_dir"]) / "result.json").read_text(encoding="utf-8"))
+            assert saved["config"]["tokenizer"] == "bert-base-uncased"  # the folder's 30,522-entry vocab.txt
+            assert saved["config"]["model"]["bert_layers"] == LAYERS
+        if r["experiment"] == "t3/nyu/learned-7":  # the same run as Table 3's
+            assert r["run_dir"] == table3["run_dir"] and r["protocol"] == table3["protocol"]
+
+    # 06: RN50 from the weights file, both rows on both datasets, "runs" in the table
+    bb = _results(out, "06_backbones", weights)
+    assert {(r["backbone"], r["dataset"], r["backbone_row"]) for r in bb["rows"]} == {
+        (f"RN50-quickgelu ({weights})", d, k) for d in ("nyu", "kitti") for k in ("depth-7", "learned-7")}
+    assert all(r["subset_label"] == (NYU_LABEL if r["dataset"] == "nyu" else KITTI_LABEL) for r in bb["rows"])
+    lines = bb["extra"]["backbone_table"]
+    assert [(x["dataset"], x["status"], x["train_size"]) for x in lines] == [("nyu", "runs", "416x544"),
+                                                                            ("kitti", "runs", "352x704")]
 
 
 # -- bad input: one line per problem, exit 3, nothing written ------------------------------------------

@@ -201,9 +201,13 @@ def test_convnext_cells_are_the_image_embedding_path_per_location():
         dense_features(model, x, "maskclip")
 
 
-def test_timm_token_towers_are_refused_clearly():
-    with pytest.raises(TypeError, match="token sequences"):
-        dense_features(_model("ViT-B-16-SigLIP"), torch.rand(1, 3, 224, 224))
+def test_timm_attention_pools_without_a_per_token_form_are_refused_clearly(monkeypatch):
+    """timm ViT towers give dense features (tests/test_backbone_towers.py) unless their attention pool has
+    no per-token form (several latent queries, or a positional embedding of its own)."""
+    model = _model("ViT-B-16-SigLIP")
+    monkeypatch.setattr(model.visual.trunk.attn_pool, "latent_len", 2)
+    with pytest.raises(TypeError, match="several latents: no per-token form"):
+        dense_features(model, torch.rand(1, 3, 32, 32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,5 +249,6 @@ def test_describe_backbone(arch, family, stride, text_w, width):
     # learned-7: seven input vectors of the text tower's token width, nothing else trainable
     assert d["trainable_params_learned7"] == 7 * width == 7 * text_tower(model).token_embedding.embedding_dim
     assert d["text_truncated"] is True
-    with pytest.raises(ValueError, match="not divisible"):
-        describe_backbone(arch, (65, 96), model=model)
+    rounded = describe_backbone(arch, (65, 97), model=model)  # the model rounds to the nearest multiple
+    assert rounded["crop_size"] == (65, 97) and rounded["input_size"] == (64, 96) == d["input_size"]
+    assert rounded["feature_grid"] == d["feature_grid"]

@@ -477,9 +477,13 @@ def _cached_hf_file(repo_id: str, filenames: Sequence[str]) -> str | None:
     return None
 
 
-def _build_vit(config: LLMMDEConfig, pretrained: bool) -> nn.Module:
+def _build_vit(config: LLMMDEConfig, pretrained: bool, vit_file: str | None = None) -> nn.Module:
     import timm
 
+    if vit_file is not None:  # a local file: checked, then loaded strictly (clipdepth.baselines.weights)
+        from clipdepth.baselines.weights import load_vit_file
+
+        return load_vit_file(vit_file, config.vit_name, config.image_size)
     kwargs = {"img_size": config.image_size, "num_classes": 0}
     if not pretrained:
         return timm.create_model(config.vit_name, pretrained=False, **kwargs)
@@ -519,9 +523,14 @@ def tokenizer_source(tokenizer: Any) -> str:
     return "bert-base-uncased" if size >= 30000 else f"demo WordPiece ({size} entries, offline)"
 
 
-def _build_bert(config: LLMMDEConfig, pretrained: bool) -> tuple[nn.Module, Any]:
+def _build_bert(config: LLMMDEConfig, pretrained: bool, bert_folder: str | None = None) -> tuple[nn.Module, Any]:
     from transformers import BertConfig, BertModel, BertTokenizer
 
+    if bert_folder is not None:  # a local Hugging Face folder: checked, then loaded (clipdepth.baselines.weights)
+        from clipdepth.baselines.weights import load_bert_folder
+
+        return load_bert_folder(bert_folder, config.bert_hidden, config.bert_heads, config.bert_vocab,
+                                config.bert_intermediate, config.bert_layers)
     if not pretrained:
         bert_config = BertConfig(vocab_size=config.bert_vocab, hidden_size=config.bert_hidden,
                                  num_hidden_layers=config.bert_layers, num_attention_heads=config.bert_heads,
@@ -568,10 +577,16 @@ def build_llm_mde(
     pretrained: bool = False,
     seed: int = 42,
     device: str | torch.device = "cpu",
+    vit_file: str | None = None,
+    bert_folder: str | None = None,
     **config: Any,
 ) -> LLMMDE:
     """LLM-MDE for a dataset: ``max_depth`` 10 m and loss mask gt > 0.1 m for NYU, 80 m and gt > 1 m
     for KITTI (their KITTI branch). Keywords override :class:`LLMMDEConfig` fields.
+
+    ``vit_file`` (timm's ViT-B/16 weights, ``.safetensors`` / ``.bin``) and ``bert_folder`` (a Hugging Face
+    BERT folder with ``vocab.txt``) load those towers from local files, whatever ``pretrained`` says
+    (:mod:`clipdepth.baselines.weights`: every file is checked first, one line per problem).
 
     Random init (``pretrained=False``) is seeded: the same seed gives the same towers and adapters.
     """
@@ -586,8 +601,8 @@ def build_llm_mde(
     cfg = LLMMDEConfig(**config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vit = _build_vit(cfg, pretrained)
-        bert, tokenizer = _build_bert(cfg, pretrained)
+        vit = _build_vit(cfg, pretrained, vit_file)
+        bert, tokenizer = _build_bert(cfg, pretrained, bert_folder)
         _add_lora(vit, bert, cfg)  # LoRA A matrices are drawn here, from the seeded generator
     return LLMMDE(vit, bert, tokenizer, cfg, seed=seed).to(device)
 

@@ -26,8 +26,10 @@ import torch
 from clipdepth._files import atomic_write, atomic_write_text
 from clipdepth.baselines import clip2depth, llm_mde
 from clipdepth.baselines.fit import FitConfig, TrainBatches, fit, probe_loss
+from clipdepth.baselines.weights import bert_files_id
 from clipdepth.data.profile_data import open_split
 from clipdepth.eval.protocols import evaluate
+from clipdepth.model.checkpoints import weights_id
 from clipdepth.study import experiments
 
 METHODS: tuple[str, ...] = ("clip2depth", "llm-mde")
@@ -82,14 +84,17 @@ def fit_config(method: str, profile: str, **overrides: Any) -> FitConfig:
 
 
 def build_model(method: str, dataset: str, weights: str | None, seed: int, device: str | torch.device,
-                clip_model: Any | None = None, **options: Any) -> torch.nn.Module:
+                clip_model: Any | None = None, files: dict[str, str] | None = None, **options: Any) -> torch.nn.Module:
     """CLIP2Depth on CLIP ``weights`` (None = random; or an already loaded, frozen ``clip_model`` of the
-    configured arch), or LLM-MDE (pretrained towers iff weights given)."""
+    configured arch), or LLM-MDE (pretrained towers iff weights given; ``files`` = ``{"vit": file,
+    "bert": folder}`` loads either from local files)."""
     if method == "clip2depth":
         return clip2depth.build_clip2depth(dataset, weights=weights, seed=seed, device=device, clip_model=clip_model,
                                            **options)
     if method == "llm-mde":
-        return llm_mde.build_llm_mde(dataset, pretrained=weights is not None, seed=seed, device=device, **options)
+        files = files or {}
+        return llm_mde.build_llm_mde(dataset, pretrained=weights is not None, seed=seed, device=device,
+                                     vit_file=files.get("vit"), bert_folder=files.get("bert"), **options)
     raise ValueError(f"unknown baseline {method!r}; valid: {', '.join(METHODS)}")
 
 
@@ -118,6 +123,7 @@ def run_baseline(
     progress: bool = True,
     model_options: dict[str, Any] | None = None,
     clip_model: Any | None = None,
+    files: dict[str, str] | None = None,
 ) -> BaselineResult:
     """Train ``method`` on ``dataset`` in ``profile`` and evaluate it (see the module docstring).
 
@@ -128,6 +134,8 @@ def run_baseline(
     the model's config fields (e.g. ``{"image_size": 64}``). ``subset``: only the first N lines of each
     split list (a rehearsal; part of the run's key). ``clip_model``: CLIP2Depth only, a loaded
     CLIP of the configured arch and the same ``weights`` (saves loading it again; it is not modified).
+    ``files``: LLM-MDE's towers from local files, ``{"vit": timm ViT-B/16 weights file, "bert": Hugging Face
+    BERT folder}`` (either may be left out); each file's content hash enters the run key.
     """
     overrides = {"weights": weights} if weights is not None else {}
     resolved = experiments.resolve(f"t3/{dataset}/learned-7", profile, **overrides)
@@ -143,12 +151,15 @@ def run_baseline(
         "options": options, "normalised": normalised,
         "bert_tokenizer": llm_mde.bert_tokenizer_cached() if method == "llm-mde" else None,
     }
+    files = {k: str(v) for k, v in (files or {}).items() if v is not None}
+    if files:  # the content of each file, not its path (only then: earlier keys stay valid)
+        key_payload["files"] = {k: (bert_files_id(v) if k == "bert" else weights_id(v)) for k, v in files.items()}
     key = hashlib.sha256(json.dumps(key_payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     run_dir = Path(runs_dir) / "baselines" / f"{method}-{dataset}-{key}"
     if (run_dir / "result.json").is_file() and not force:
         return _load(run_dir)
 
-    model = build_model(method, dataset, weights, seed, device, clip_model=clip_model, **options)
+    model = build_model(method, dataset, weights, seed, device, clip_model=clip_model, files=files, **options)
     batches = TrainBatches(resolved, cfg.batch_size, seed=seed, device=device, **counts)
     probe = batches.batch(list(range(min(4, len(batches.dataset)))), epoch=0)
     before = probe_loss(model, *probe)

@@ -8,7 +8,9 @@ DepthCLIP / Auty & Mikolajczyk is written once and tested once.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Literal
 
 import open_clip
@@ -91,6 +93,8 @@ def load_clip(
         model = _load_pretrained(arch, weights)
     model = model.to(device).eval()
     model.requires_grad_(False)
+    # what the prompt encoder needs to pick the tower's tokenizer (clipdepth.model.text_encoder.prompt_tokenizer_for)
+    model.clipdepth_arch, model.clipdepth_weights = arch, None if weights is None else str(weights)
     return model
 
 
@@ -147,6 +151,37 @@ def feature_stride(model: open_clip.CLIP) -> int:
     raise TypeError(f"unsupported visual tower {type(visual).__name__}")
 
 
+def stride_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The input size a tower of feature stride ``stride`` sees for a crop of ``size`` (height, width).
+
+    Each side is rounded to the *nearest* multiple of the stride (ties upwards, at least one stride),
+    so the rescale is the smallest possible: a stride that divides the size leaves it unchanged (every
+    stride-32 and stride-16 tower at the profiles' sizes). For patch-14 towers (ViT-L/14, EVA02-L/14,
+    SigLIP SO400M/14): NYU train 416x544 -> 420x546 (grid 30x39), test 480x640 -> 476x644 (34x46);
+    KITTI train 352x704 -> 350x700 (25x50), test 352x1216 -> 350x1218 (25x87).
+    """
+    return tuple(max(stride, int((int(s) + stride / 2) // stride) * stride) for s in size)  # type: ignore[return-value]
+
+
+def fit_to_stride(images: torch.Tensor, stride: int) -> torch.Tensor:
+    """``images`` resized (bilinear, ``align_corners=False``, no antialiasing) to :func:`stride_size`;
+    unchanged when the stride divides them.
+
+    Why a resize of the model input rather than another crop: the data stream -- the augmentation's
+    crop, the ground truth the loss compares with, the test images and the evaluation crops -- stays
+    the same pixels for every backbone, so rows on towers of different strides are trained and scored
+    against identical targets (and share lockstep streams and feature caches with nothing else
+    changed). The prediction stays on the tower's grid; the loss and the evaluation upsample it to the
+    ground truth exactly as for RN50, so the protocol is unchanged. The rescale is below 1.3 % per side
+    at the paper's sizes (420/416, 546/544, 476/480, 644/640, 350/352, 700/704, 1218/1216).
+    """
+    h, w = images.shape[-2:]
+    size = stride_size((h, w), stride)
+    if size == (h, w):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
 def normalise_images(images: torch.Tensor, policy: str = "imagenet") -> torch.Tensor:
     """Map [0, 1] RGB batches to the backbone's input statistics (``imagenet`` is faithful)."""
     if policy not in IMAGE_NORMS:
@@ -195,8 +230,16 @@ def dense_features(
       per location what open_clip applies after pooling -- the timm head's norm (ConvNeXt's
       LayerNorm2d) and the pointwise projection (open_clip's linear/MLP ``head``, or timm's ``fc``) --
       so each cell lands in the joint space, as ``ln_post`` + ``proj`` do per ViT token. ``depthclip``
-      L2-normalises each cell, ``tokens`` does not; ``maskclip`` is not defined there. Towers whose
-      pooling is not pointwise (attention pools, timm ViTs such as SigLIP/EVA) raise a TypeError.
+      L2-normalises each cell, ``tokens`` does not; ``maskclip`` is not defined there.
+    - timm ViT towers (EVA02, SigLIP): the trunk's token sequence on any patch grid (positional
+      embeddings resampled as timm's ``dynamic_img_size`` does, RoPE on the new grid), prefix tokens
+      (class / register) dropped, the patch tokens put back on the ``h x w`` grid row by row, then per
+      token what open_clip applies after pooling: for token/average pooling the head norm and
+      projection; for SigLIP's attention pool (MAP) its value and output projections and its MLP, i.e.
+      the pool's output if it attended to that token alone (MaskCLIP's recipe for attention pools).
+      Attention pools with their own positional embedding or several latents raise a TypeError.
+
+    Inputs must be divisible by the stride; :func:`fit_to_stride` rounds other sizes (the model does).
 
     ViT positional embeddings are interpolated in 2-D (bicubic) for grids other than the pretraining
     one; the authors' code used a 1-D interpolation along the flattened sequence, which scrambles
@@ -253,10 +296,11 @@ def _timm_dense_cells(visual: TimmModel, x: torch.Tensor) -> torch.Tensor:
     """
     trunk = visual.trunk
     name = type(trunk).__name__
+    if hasattr(trunk, "num_prefix_tokens") and hasattr(trunk, "patch_embed"):  # a timm ViT: tokens, any grid
+        return _timm_vit_cells(visual, x)
     fmap = trunk.forward_features(x.to(next(trunk.parameters()).dtype))
     if fmap.ndim != 4:
-        raise TypeError(f"timm tower {name} returns token sequences; dense features support convolutional "
-                        "timm towers (ConvNeXt) only")
+        raise TypeError(f"timm tower {name} returns {fmap.ndim}-d features; dense features need a map or tokens")
     head = getattr(trunk, "head", None)
     if head is not None and hasattr(head, "global_pool"):  # timm ClassifierHead / NormMlpClassifierHead
         if not isinstance(getattr(head, "pre_logits", nn.Identity()), nn.Identity):
@@ -277,6 +321,65 @@ def _timm_dense_cells(visual: TimmModel, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(layer, nn.Dropout):
             cells = layer(cells)
     return cells
+
+
+@contextlib.contextmanager
+def _any_grid(trunk: nn.Module) -> Iterator[None]:
+    """Let a timm ViT / EVA trunk run on any patch grid for the duration of a call, as if built with
+    ``dynamic_img_size=True``: the patch embedding keeps its grid (NHWC) and ``_pos_embed`` resamples
+    the absolute positional embedding (and builds RoPE) for that grid. Restored afterwards, so the
+    shared model is unchanged (its weights never are)."""
+    from timm.layers import Format
+
+    embed = trunk.patch_embed
+    rope = getattr(trunk, "rope", None)  # EVA: a RoPE cached for the build grid is rebuilt per call
+    cached = getattr(rope, "_use_cached_embed", None)
+    saved = (trunk.dynamic_img_size, embed.strict_img_size, embed.flatten, embed.output_fmt)
+    trunk.dynamic_img_size, embed.strict_img_size, embed.flatten, embed.output_fmt = True, False, False, Format.NHWC
+    if cached is not None:
+        rope._use_cached_embed = False
+    try:
+        yield
+    finally:
+        trunk.dynamic_img_size, embed.strict_img_size, embed.flatten, embed.output_fmt = saved
+        if cached is not None:
+            rope._use_cached_embed = cached
+
+
+def _map_per_token(pool: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """timm's ``AttentionPoolLatent`` (SigLIP's MAP head) applied to each token as if it attended to that
+    token alone: value projection, output projection, then the residual MLP. Equal to the pool's output
+    on a sequence of copies of the token (tested), since attention weights sum to one."""
+    if getattr(pool, "pos_embed", None) is not None or getattr(pool, "latent_len", 1) != 1:
+        raise TypeError("attention pool with its own positional embedding or several latents: no per-token form")
+    width = tokens.shape[-1]
+    v = F.linear(tokens, pool.kv.weight[width:], None if pool.kv.bias is None else pool.kv.bias[width:])
+    out = pool.proj(v)
+    return out + pool.mlp(pool.norm(out)) if pool.mlp is not None else out
+
+
+def _timm_vit_cells(visual: TimmModel, x: torch.Tensor) -> torch.Tensor:
+    """A timm ViT tower's (EVA02, SigLIP) per-patch joint-space features, ``B x h x w x D``."""
+    trunk = visual.trunk
+    name = type(trunk).__name__
+    patch = trunk.patch_embed.patch_size
+    h, w = x.shape[-2] // patch[0], x.shape[-1] // patch[1]
+    with _any_grid(trunk):
+        tokens = trunk.forward_features(x.to(next(trunk.parameters()).dtype))
+    tokens = tokens[:, trunk.num_prefix_tokens :]  # class and register tokens
+    if tokens.shape[1] != h * w:
+        raise TypeError(f"timm tower {name} returned {tokens.shape[1]} patch tokens for a {h}x{w} grid")
+    if getattr(trunk, "attn_pool", None) is not None:
+        tokens = _map_per_token(trunk.attn_pool, tokens)
+    elif trunk.global_pool not in ("token", "avg", ""):
+        raise TypeError(f"timm tower {name} pools with {trunk.global_pool!r}; dense features not defined")
+    tokens = trunk.head(trunk.fc_norm(tokens))
+    for layer in visual.head:
+        if "pool" in type(layer).__name__.lower():
+            raise TypeError(f"timm tower {name} pools with {type(layer).__name__}, which mixes tokens")
+        if not isinstance(layer, nn.Dropout):
+            tokens = layer(tokens)
+    return tokens.reshape(x.shape[0], h, w, -1)
 
 
 def vit_positional_embedding(visual: VisionTransformer, grid: tuple[int, int]) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipdepth.model.backbone import dense_features, set_bn_policy
+from clipdepth.model.backbone import dense_features, feature_stride, fit_to_stride, set_bn_policy
 from clipdepth.model.prompt_learner import PromptEncoder
 
 TEXT_NORMS: tuple[str, ...] = ("per_prompt", "frobenius")
@@ -126,7 +126,9 @@ class BinPromptDepth(nn.Module):
         return normalise_text(self.prompts(), self.text_norm)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Dense features of [0, 1] RGB images (the frozen, cacheable part)."""
+        """Dense features of [0, 1] RGB images (the frozen, cacheable part); sizes the feature stride does
+        not divide (patch-14 towers) are rounded to the nearest multiple (``backbone.fit_to_stride``)."""
+        images = fit_to_stride(images, feature_stride(self.clip))
         return dense_features(self.clip, images, self.dense_mode, self.image_norm)
 
     def forward_features(

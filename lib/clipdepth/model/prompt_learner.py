@@ -43,13 +43,15 @@ from clipdepth.model.text_encoder import (
     clip_tokenizer,
     encode_embeddings,
     encode_prompt_groups,
+    hf_prompt_tokenizer,
     prefix_sharing_is_exact,
+    prompt_tokenizer_for,
     text_context_length,
     text_pool_type,
     text_tower,
     truncation_is_exact,
 )
-from clipdepth.vocab import TEMPLATES, parse_depth_words
+from clipdepth.vocab import TEMPLATES, WORD_LISTS, parse_depth_words
 
 __all__ = [
     "AUTHORS_BATCH_SIZE",
@@ -65,6 +67,9 @@ __all__ = [
     "authors_initial_tokens",
     "authors_prelude_shapes",
     "clip_prompt_tokenizer",
+    "demo_vocabulary",
+    "hf_prompt_tokenizer",
+    "prompt_tokenizer_for",
     "clip_tokenizer",
     "encode_embeddings",
     "encode_prompts",
@@ -79,6 +84,16 @@ __all__ = [
 #: Public token names (``set_tokens``/``load_tokens``) -> the attribute holding them. ``depth`` is the
 #: learned ``depth_tokens`` parameter for learned-N and the frozen ``random_tokens`` buffer for random-N.
 TOKEN_NAMES: tuple[str, ...] = ("ctx", "depth", "object")
+
+
+def demo_vocabulary() -> list[str]:
+    """Every word of the word lists and templates, plus ``object``: the vocabulary of the word-level
+    tokenizer random-init towers with their own tokenizer (SigLIP) use offline
+    (:func:`clipdepth.model.text_encoder.word_level_tokenizer`)."""
+    pieces = [w for words in WORD_LISTS.values() for w in words] + [_SLOT.sub(" ", t) for t in TEMPLATES.values()]
+    return sorted({word.lower() for piece in pieces for word in piece.split()} | {"object"})
+
+
 _STATE_KEYS = {"ctx_tokens": "ctx", "depth_tokens": "depth", "random_tokens": "depth", "object_tokens": "object"}
 _SLOT = re.compile(r"\{(object|depth|ctx)\}")
 
@@ -114,7 +129,10 @@ class PromptEncoder(nn.Module):
     class-token tower. ``truncate=True`` cuts the context after the longest prompt only where that is
     exact (:func:`truncation_is_exact`: CLIP is causal and pooled at EOT, so later positions cannot
     influence the output; tested); elsewhere the full context is used and ``truncated`` says so.
-    Towers whose vocabulary is not CLIP's need their own ``tokenizer``.
+    ``tokenizer`` defaults to the model's own (:func:`prompt_tokenizer_for`: CLIP's BPE, or SigLIP's
+    Hugging Face tokenizer with real weights, a fixed word-level one over :func:`demo_vocabulary` with
+    random weights), so every caller -- trainer, lockstep, notebooks -- writes a tower's prompts with
+    its tokenizer.
     """
 
     def __init__(
@@ -144,7 +162,7 @@ class PromptEncoder(nn.Module):
         self.template = resolve_template(template)
         self.learned_object = learned_object
         object.__setattr__(self, "_clip", model)  # frozen, deliberately not a submodule
-        tokenizer = tokenizer or clip_prompt_tokenizer()
+        tokenizer = tokenizer or prompt_tokenizer_for(model, demo_words=demo_vocabulary())
         vocab = tower.token_embedding.num_embeddings
         if tokenizer.vocab_size > vocab:
             raise ValueError(

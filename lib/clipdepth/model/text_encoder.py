@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import open_clip
 import torch
@@ -28,6 +29,9 @@ __all__ = [
     "TextEncoder",
     "clip_prompt_tokenizer",
     "clip_tokenizer",
+    "hf_prompt_tokenizer",
+    "prompt_tokenizer_for",
+    "word_level_tokenizer",
     "encode_embeddings",
     "encode_prompt_groups",
     "prefix_sharing_is_exact",
@@ -63,6 +67,80 @@ def clip_prompt_tokenizer() -> PromptTokenizer:
     """CLIP's BPE as a :class:`PromptTokenizer`: SOT prefix, EOT suffix, zero padding."""
     tok = clip_tokenizer()
     return PromptTokenizer(tok.encode, (tok.sot_token_id,), (tok.eot_token_id,), 0, len(tok.encoder))
+
+
+def hf_prompt_tokenizer(tokenizer: Any, clean: Callable[[str], str] | None = None) -> PromptTokenizer:
+    """A Hugging Face tokenizer (what open_clip's ``HFTokenizer`` wraps for SigLIP) as a
+    :class:`PromptTokenizer`: ``clean`` (open_clip's text cleaning for the model, e.g. ``canonicalize``)
+    then the tokenizer without special tokens per piece; the special tokens it puts before and after a
+    text (SigLIP: none before, ``</s>`` after) read from how it encodes one word with and without them;
+    its pad id."""
+    clean = clean or (lambda text: text)
+    bare = list(tokenizer("object", add_special_tokens=False)["input_ids"])
+    around = list(tokenizer("object")["input_ids"])
+    at = next((i for i in range(len(around) - len(bare) + 1) if around[i : i + len(bare)] == bare), None)
+    if not bare or at is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__}: cannot tell its special tokens from the text")
+    around = around[:at] + [None] + around[at + len(bare) :]
+    at = around.index(None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return PromptTokenizer(lambda text: list(tokenizer(clean(text), add_special_tokens=False)["input_ids"]),
+                           tuple(around[:at]), tuple(around[at + 1 :]), int(pad), len(tokenizer))
+
+
+def word_level_tokenizer(words: Sequence[str]) -> Any:
+    """A small word-level Hugging Face tokenizer over ``words`` with SigLIP's special-token layout
+    (``<pad>`` 0, ``</s>`` 1 appended to every text, ``<unk>`` 2; lower-cased, split on whitespace).
+
+    Why: SigLIP's own tokenizer is a Hugging Face download (open_clip's ``hf_tokenizer_name``), which an
+    offline machine does not have. A random-init tower knows no vocabulary, so for the demo any fixed
+    tokenizer whose ids fit the tower's table is as good as the real one: words map to fixed rows of the
+    random embedding table. With real weights the model's own tokenizer is required
+    (:func:`prompt_tokenizer_for`).
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted({w.lower() for w in words} - set(specials)))}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def prompt_tokenizer_for(model: nn.Module, demo_words: Sequence[str] = ()) -> PromptTokenizer:
+    """The tokenizer a model's prompts are written with, as :class:`PromptTokenizer`.
+
+    CLIP's BPE for every tower whose open_clip config names no Hugging Face tokenizer (OpenAI CLIP,
+    ConvNeXt, EVA02, ...). For towers that do (SigLIP, ``text_cfg.hf_tokenizer_name``): with real
+    weights, the model's own tokenizer through ``open_clip.get_tokenizer`` (from the local Hugging Face
+    cache when offline; missing files are one line naming the repository to fetch); with random weights
+    (:func:`clipdepth.model.backbone.load_clip` with ``weights=None``, the demo), :func:`word_level_tokenizer`
+    over ``demo_words``. The architecture and weights are read from the attributes ``load_clip`` sets;
+    a model built elsewhere gets CLIP's BPE.
+    """
+    arch = getattr(model, "clipdepth_arch", None)
+    cfg = (open_clip.get_model_config(arch) or {}) if arch else {}
+    text_cfg = cfg.get("text_cfg", {})
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if not hf_name:
+        return clip_prompt_tokenizer()
+    clean_fn = open_clip.tokenizer.get_clean_fn(text_cfg.get("tokenizer_kwargs", {}).get("clean", "whitespace"))
+    if getattr(model, "clipdepth_weights", None) is None:
+        return hf_prompt_tokenizer(word_level_tokenizer(list(demo_words)), clean_fn)
+    try:
+        own = open_clip.get_tokenizer(arch)
+    except (OSError, ValueError) as exc:
+        from clipdepth.model.checkpoints import WeightsUnavailableError
+
+        raise WeightsUnavailableError(
+            f"{arch}: its text tokenizer '{hf_name}' is not in the local Hugging Face cache ({type(exc).__name__}); "
+            f"on a machine with network access run open_clip.get_tokenizer('{arch}') and copy "
+            "~/.cache/huggingface/hub here") from exc
+    return hf_prompt_tokenizer(own.tokenizer, own.clean_fn)
 
 
 def text_tower(model: nn.Module) -> nn.Module:

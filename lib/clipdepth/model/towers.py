@@ -13,7 +13,7 @@ from typing import Any
 import open_clip
 import torch
 
-from clipdepth.model.backbone import feature_stride, load_clip, text_width
+from clipdepth.model.backbone import feature_stride, load_clip, stride_size, text_width
 from clipdepth.model.prompt_learner import PromptEncoder, text_context_length, text_pool_type, truncation_is_exact
 from clipdepth.study.experiments import Experiment, get, variant
 from clipdepth.vocab import is_weights_file
@@ -73,23 +73,25 @@ def backbone_experiments(
 def describe_backbone(
     arch: str, input_size: tuple[int, int] = (224, 224), model: torch.nn.Module | None = None
 ) -> dict[str, Any]:
-    """What a backbone offers the method: image-tower family, feature stride, feature grid at
-    ``input_size`` (height, width), joint text width, text context / pooling / whether truncation is
-    exact, and the trainable parameters of the learned-7 prompt encoder (measured on the encoder).
+    """What a backbone offers the method: image-tower family, feature stride, the size the tower sees
+    for a crop of ``input_size`` (height, width; rounded to the stride by
+    :func:`clipdepth.model.backbone.stride_size`, as the model does) and its feature grid, joint text width,
+    text context / pooling / whether truncation is exact, and the trainable parameters of the learned-7
+    prompt encoder (measured on the encoder).
 
     ``model`` skips building (pass one already loaded); otherwise a random-init model is built with
     :func:`clipdepth.model.backbone.load_clip`.
     """
     model = model if model is not None else load_clip(arch, None)
     stride = feature_stride(model)
-    h, w = int(input_size[0]), int(input_size[1])
-    if h % stride or w % stride:
-        raise ValueError(f"input_size {h}x{w} is not divisible by {arch}'s feature stride {stride}")
+    crop = (int(input_size[0]), int(input_size[1]))
+    h, w = stride_size(crop, stride)
     encoder = PromptEncoder(model, words="learned-7")
     return {
         "arch": arch,
         "image_family": image_family(arch),
         "feature_stride": stride,
+        "crop_size": crop,
         "input_size": (h, w),
         "feature_grid": (h // stride, w // stride),
         "text_width": text_width(model),

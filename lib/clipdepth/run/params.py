@@ -144,6 +144,42 @@ def _path() -> Param:
                  check, path=True)
 
 
+def _existing(folder: bool) -> Param:
+    """None, or an existing file (``folder=False``) / folder, made absolute (notebook 05's checkpoints)."""
+    kind = "folder" if folder else "file"
+
+    def check(value: Any, base: Path) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _Reject()
+        path = _absolute(value, base)
+        if not (path.is_dir() if folder else path.is_file()):
+            raise _Reject(f"{kind} {path} does not exist")
+        return str(path)
+
+    return Param(f"None or an existing {kind}", check, path=True)
+
+
+def _options() -> Param:
+    """None or a dict of LLM-MDE config fields (``clipdepth.baselines.llm_mde.LLMMDEConfig``)."""
+
+    def check(value: Any, base: Path) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise _Reject()
+        from clipdepth.baselines.llm_mde import LLMMDEConfig
+
+        fields = set(LLMMDEConfig.__dataclass_fields__)
+        bad = sorted(set(value) - fields)
+        if bad:
+            raise _Reject(f"unknown LLM-MDE option(s) {', '.join(map(str, bad))}")
+        return value
+
+    return Param('None or a dict of LLM-MDE config fields (e.g. {"n_prototypes": 100})', check)
+
+
 def _absolute(value: str | os.PathLike[str], base: Path) -> Path:
     path = Path(value).expanduser()
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
@@ -289,6 +325,9 @@ PARAMETERS: dict[str, Param] = {
     "llm_mde_batch_size": _integer(1, none=True),
     "llm_mde_lr": _positive_float(none=True),
     "llm_mde_image_size": _integer(16, none=True, multiple_of=16),
+    "llm_mde_vit": _existing(folder=False),
+    "llm_mde_bert": _existing(folder=True),
+    "llm_mde_options": _options(),
 }
 
 #: Declared for notebooks that will gain them; the drift test does not require them in a notebook yet.

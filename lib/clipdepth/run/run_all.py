@@ -647,13 +647,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             # a notebook without a datasets parameter is assumed to need what the user asked the others for
             datasets = d.get("datasets") or overrides.get("datasets") or list(DATASETS)
             datasets = [datasets] if isinstance(datasets, str) else list(datasets)
-            key = (tuple(datasets), str(d.get("data_dir", "data")), str(d.get("weights")), d.get("subset"))
+            # a notebook without a weights parameter (06: weights per backbone) needs the others' CLIP weights
+            weights = d.get("weights") if "weights" in defaults[job.name] else overrides.get("weights")
+            key = (tuple(datasets), str(d.get("data_dir", "data")), str(weights), d.get("subset"))
             if key in seen:
                 continue
             seen.add(key)
             data_dir = Path(str(d.get("data_dir", "data"))).expanduser()
             data_dir = data_dir if data_dir.is_absolute() else root / data_dir
-            for m in check_paper_prerequisites(datasets, data_dir, d.get("weights"), subset=d.get("subset"),
+            for m in check_paper_prerequisites(datasets, data_dir, weights, subset=d.get("subset"),
                                                decoded=decoded, verify_weights=True):
                 if all(m.what != x.what for x in missing):
                     missing.append(m)

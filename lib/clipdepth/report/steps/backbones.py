@@ -8,8 +8,11 @@ parameters and to the report layer -- it decides per backbone whether the method
 like every other row), and builds the notebook's table and figure.
 
 A backbone the method cannot run yet is not dropped: it gets a table line saying "not supported yet"
-and why (for example SigLIP's text tower uses its own tokenizer, timm ViT towers return token sequences
-without a dense-feature recipe here, a ViT-L/14 stride does not divide the profile's input sizes).
+and why (for example a Hugging Face text tower, which has no input-embedding path for vector slots).
+Patch-14 towers (ViT-L/14) see the profile's sizes rounded to the nearest multiple of 14
+(:func:`clipdepth.model.backbone.stride_size`); SigLIP towers write their prompts with their own tokenizer
+(:func:`clipdepth.model.text_encoder.prompt_tokenizer_for`); timm ViT towers (EVA02, SigLIP) give per-patch
+features from their patch tokens.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import open_clip
 import pandas as pd
 import torch
 
-from clipdepth.model.backbone import dense_features, feature_stride, load_clip, resolve_device
+from clipdepth.model.backbone import dense_features, feature_stride, load_clip, resolve_device, stride_size
 from clipdepth.model.prompt_learner import PromptEncoder
 from clipdepth.model.towers import backbone_experiments, describe_backbone, image_family
 from clipdepth.report.session import NotebookContext, run_rows
@@ -32,6 +35,9 @@ from clipdepth.study.experiments import Experiment
 from clipdepth.train import plan
 
 __all__ = [
+    "DEMO_BACKBONES",
+    "DEMO_SETTINGS",
+    "PAPER_BACKBONES",
     "ROWS",
     "BackbonePlan",
     "backbone_label",
@@ -44,6 +50,28 @@ __all__ = [
 #: The two registry rows compared on every backbone (Table 3's human depth words and learned tokens).
 ROWS: tuple[str, str] = ("depth-7", "learned-7")
 WORDS, LEARNED = ROWS
+
+#: The demo's backbones, random init (offline, CPU): every image-tower family (ResNet, open_clip ViT, timm
+#: ConvNeXt, timm ViT) and the towers researchers reach for first -- ViT-L/14 (patch 14, sizes rounded),
+#: SigLIP (its own tokenizer, last-token pooling, attention-pool image head) and EVA02 (RoPE, class token).
+DEMO_BACKBONES: list[list[str | None]] = [
+    ["RN50-quickgelu", None], ["ViT-B-32-quickgelu", None], ["convnext_tiny", None],
+    ["ViT-L-14-quickgelu", None], ["ViT-B-16-SigLIP", None], ["EVA02-B-16", None],
+]
+
+#: Demo-profile settings where the notebook leaves ``subset`` / ``epochs`` at None: the demo's six towers
+#: (ViT-L/14 has 300 M parameters) on the first 4 lines of each list for one epoch keep notebook 06 within
+#: minutes on a 2-core CPU. The paper profile keeps the whole lists and the paper's epochs.
+DEMO_SETTINGS: dict[str, int] = {"subset": 4, "epochs": 1}
+
+#: The study's list on real weights: OpenAI's CLIP family, a LAION ConvNeXt, one SigLIP and one EVA-CLIP tag.
+PAPER_BACKBONES: list[list[str | None]] = [
+    ["RN50-quickgelu", "openai"], ["RN101-quickgelu", "openai"], ["ViT-B-32-quickgelu", "openai"],
+    ["ViT-B-16-quickgelu", "openai"], ["ViT-L-14-quickgelu", "openai"], ["convnext_base", "laion400m_s13b_b51k"],
+    ["ViT-B-16-SigLIP", "webli"],
+    ["EVA02-B-16", "merged2b_s8b_b131k"],
+]
+
 
 def backbone_label(arch: str, tag: str | None) -> str:
     """``arch (tag)``, ``arch (random)`` for random init: how a backbone is named in tables and figures."""
@@ -75,7 +103,9 @@ def check_backbone(model: torch.nn.Module, arch: str, dense_mode: str,
 
     Tried, not guessed: the prompt encoder is built for depth-7 words and learned-7 tokens, dense
     features are computed for one image at the tower's native size in ``dense_mode``, and every size of
-    ``sizes`` (dataset -> train/test sizes, height x width) must be divisible by the feature stride.
+    ``sizes`` (dataset -> train/test sizes, height x width) must hold a feature cell. Sizes the stride
+    does not divide (patch-14 towers) are rounded to the nearest multiple by the model
+    (:func:`clipdepth.model.backbone.fit_to_stride`); the table reports the size each tower saw.
     Only the refusals those steps raise by design (ValueError, TypeError) count as "not supported".
     """
     for words in ROWS:
@@ -91,9 +121,8 @@ def check_backbone(model: torch.nn.Module, arch: str, dense_mode: str,
         return f"dense features: {exc}"
     for dataset, pairs in sizes.items():
         for h, w in pairs:
-            if h % stride or w % stride:
-                return (f"{dataset} input size {h}x{w} is not divisible by the feature stride {stride} "
-                        "(profile sizes are multiples of 32)")
+            if h < stride or w < stride:
+                return f"{dataset} input size {h}x{w} is smaller than one feature cell (stride {stride})"
     return None
 
 
@@ -109,8 +138,8 @@ def _describe(model: torch.nn.Module, arch: str, train_size: tuple[int, int]) ->
         except TypeError:
             return out
         out["feature_stride"] = stride
-        if not (train_size[0] % stride or train_size[1] % stride):
-            out["feature_grid"] = (train_size[0] // stride, train_size[1] // stride)
+        h, w = stride_size(train_size, stride)
+        out.update(input_size=(h, w), feature_grid=(h // stride, w // stride))
         return out
 
 
@@ -135,10 +164,17 @@ def plan_backbones(ctx: NotebookContext, backbones: Sequence[Sequence[str | None
 
     The support check runs on the random-init architecture (the structure does not depend on the
     weights, and nothing is downloaded for a backbone that cannot run); with ``weights=None`` it is the
-    same model the rows then use (:meth:`NotebookContext.clip`). Unknown architectures or tags are
-    bad input and raise a one-line ValueError (:func:`clipdepth.model.towers.backbone_experiments`).
+    same model the rows then use (:meth:`NotebookContext.clip`). In the demo profile ``subset`` and ``epochs``
+    left at None take :data:`DEMO_SETTINGS` (written into ``ctx.params``). Unknown architectures or tags are
+    bad input and raise a one-line ValueError (:func:`clipdepth.model.towers.backbone_experiments`); a tower
+    with real weights whose own tokenizer is not on this machine (SigLIP offline) raises a one-line
+    :class:`clipdepth.model.checkpoints.WeightsUnavailableError` before any row runs.
     """
     pairs = _pairs(backbones)
+    if ctx.profile == "demo":  # recorded in results.json's parameters like any other value
+        for name, value in DEMO_SETTINGS.items():
+            if ctx.params.get(name) is None:
+                ctx.params[name] = value
     device = resolve_device(ctx.params.get("device", "cpu"))
     datasets = ctx.datasets
     out = BackbonePlan(specs=[])
@@ -149,6 +185,8 @@ def plan_backbones(ctx: NotebookContext, backbones: Sequence[Sequence[str | None
                                          {**ctx.params, "seeds": [42]})[0] for d in datasets}
         sizes = {d: [r.train_size, r.test_size] for d, r in resolved.items()}
         model = ctx.clip(arch, None, device) if tag is None else load_clip(arch, None)
+        if tag is not None:  # its tokenizer is the real one: missing tokenizer files stop here, in one line
+            model.clipdepth_weights = str(tag)
         mode = next(iter(per_dataset.values()))[0].dense_mode
         reason = check_backbone(model, arch, mode, sizes)
         entry: dict[str, Any] = {"backbone": label, "arch": arch, "weights": tag, "image_family": image_family(arch),
@@ -194,6 +232,14 @@ TABLE_COLUMNS: tuple[str, ...] = (
 )
 
 
+def _size_text(crop: Sequence[int] | None, size: Sequence[int] | None) -> str | None:
+    """``420x546`` or, where the tower's stride made the model round the crop, ``416x544 -> 420x546``."""
+    if not size:
+        return None
+    seen = f"{size[0]}x{size[1]}"
+    return seen if not crop or tuple(crop) == tuple(size) else f"{crop[0]}x{crop[1]} -> {seen}"
+
+
 def backbone_table(backbone_plan: BackbonePlan, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One line per backbone and dataset: words vs learned AbsRel and delta1 (mean over seeds), the
     feature stride, the feature grid at the train size, learned-7's trainable parameters, and
@@ -214,7 +260,7 @@ def backbone_table(backbone_plan: BackbonePlan, rows: Sequence[Mapping[str, Any]
                 "dataset": dataset,
                 "status": "runs" if entry["status"] is None else f"not supported yet: {entry['status']}",
                 "feature_stride": desc.get("feature_stride"),
-                "train_size": f"{size[0]}x{size[1]}" if size else None,
+                "train_size": _size_text(desc.get("crop_size"), size),
                 "feature_grid": f"{grid[0]}x{grid[1]}" if grid else None,
                 "trainable_params_learned7": desc.get("trainable_params_learned7"),
                 "words_abs_rel": _mean(words, "abs_rel") if words else math.nan,

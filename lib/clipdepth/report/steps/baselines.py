@@ -31,6 +31,7 @@ from clipdepth._files import repo_path
 from clipdepth.baselines.clip2depth import CLIP2DepthConfig
 from clipdepth.baselines.llm_mde import LLMMDEConfig, expected_trainable_parameters
 from clipdepth.baselines.runner import run_baseline
+from clipdepth.data.base import subset_label
 from clipdepth.data.profile_data import open_split
 from clipdepth.eval.metrics import METRIC_NAMES
 from clipdepth.eval.protocols import evaluate
@@ -47,6 +48,7 @@ __all__ = [
     "DEMO_SETTINGS",
     "METHOD_LABELS",
     "baseline_rows",
+    "check_baseline_files",
     "depthclip_rows",
     "learned_rows",
     "paper_size_parameters",
@@ -103,7 +105,8 @@ def depthclip_rows(ctx: NotebookContext, keep_examples: int = 3) -> list[dict[st
                       protocol="authors", device=_device(ctx), keep_examples=keep_examples, progress=False)
     key = "baselines/nyu/depthclip-metric"
     ctx.examples[key] = list(scored.examples)
-    metric = {"experiment": key, "table": "baselines", "dataset": "nyu", "row_label": METHOD_LABELS["depthclip-metric"],
+    metric = {"experiment": key, "table": "baselines", "dataset": "nyu", "subset_label": own.get("subset_label"),
+              "row_label": METHOD_LABELS["depthclip-metric"],
               "method": METHOD_LABELS["depthclip-metric"], "scoring": "metric (the authors' protocol)",
               **_metrics(scored.mean), "trained": False, "n_trainable": 0, "n_parameters": own["n_parameters"],
               "train_seconds": 0.0, "reused": False}
@@ -136,12 +139,16 @@ def baseline_rows(ctx: NotebookContext, method: str, keep_examples: int = 3) -> 
     """Train and score one baseline on every dataset of the notebook (runs are reused by their settings).
 
     Notebook parameters read: ``<method>_epochs``, ``<method>_max_steps``, ``<method>_batch_size``,
-    ``<method>_lr``, ``clip2depth_arch`` and ``llm_mde_image_size``, with ``<method>`` = ``clip2depth`` or
+    ``<method>_lr``, ``clip2depth_arch``, ``llm_mde_image_size``, ``llm_mde_options`` (LLM-MDE config fields),
+    ``llm_mde_vit`` and ``llm_mde_bert`` (local checkpoint file / folder), with ``<method>`` = ``clip2depth`` or
     ``llm_mde``; None takes :data:`DEMO_SETTINGS` in the demo profile and the method's defaults in the
-    paper profile. Also ``weights``, ``seed``, ``device``, ``runs_dir``, ``force``.
+    paper profile. Also ``weights``, ``seed``, ``device``, ``runs_dir``, ``force``. Call
+    :func:`check_baseline_files` first, so a wrong file stops the notebook before any training.
     """
     p = ctx.params
     options = dict(_setting(ctx, method, "model_options") or {})
+    if method == "llm-mde":
+        options.update(p.get("llm_mde_options") or {})
     if method == "llm-mde" and p.get("llm_mde_image_size") is not None:
         options["image_size"] = int(p["llm_mde_image_size"])
     if method == "clip2depth" and p.get("clip2depth_arch") is not None:
@@ -160,12 +167,14 @@ def baseline_rows(ctx: NotebookContext, method: str, keep_examples: int = 3) -> 
             lr=_setting(ctx, method, "lr"), seed=int(p.get("seed", 42)), device=_device(ctx), subset=p.get("subset"),
             runs_dir=repo_path(p.get("runs_dir") or "cache/runs"), keep_examples=keep_examples,
             force=bool(p.get("force", False)), progress=False, model_options=options, clip_model=clip,
+            files=_llm_mde_files(p) if method == "llm-mde" else None,
         )
         key = f"baselines/{dataset}/{method}"
         ctx.examples[key] = list(result.examples)
         label = METHOD_LABELS[method]
         row: dict[str, Any] = {
             "experiment": key, "table": "baselines", "dataset": dataset, "row_label": label, "method": label,
+            "subset_label": _subset_label(ctx, dataset),
             "scoring": "metric (the authors' protocol)", **_metrics(result.metrics), "trained": True,
             "n_trainable": result.n_trainable, "n_parameters": result.n_parameters,
             "steps": len(result.history), "epochs": len(result.epoch_losses),
@@ -182,6 +191,61 @@ def baseline_rows(ctx: NotebookContext, method: str, keep_examples: int = 3) -> 
         print(f"{key:<28} abs_rel {row['abs_rel']:.3f}  d1 {row['d1']:.3f}  loss {row['loss_first']:.3f} -> "
               f"{row['loss_last']:.3f}  ({how})")
     return rows
+
+
+def _subset_label(ctx: NotebookContext, dataset: str) -> str | None:
+    """"subset: N of <train> train / <test> test" when the notebook runs a subset (as every row says)."""
+    subset = ctx.params.get("subset")
+    if subset is None:
+        return None
+    (resolved,) = plan.resolve_rows([f"t3/{dataset}/learned-7"], ctx.profile, {**ctx.params, "seeds": [42]})
+    train, test = (open_split(resolved, split, subset=subset) for split in ("train", "test"))
+    return subset_label(subset, train.list_length or len(train), test.list_length or len(test))
+
+
+def _llm_mde_files(p: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(p[f"llm_mde_{k}"]) for k in ("vit", "bert") if p.get(f"llm_mde_{k}") is not None}
+
+
+def _clip2depth_arch(ctx: NotebookContext) -> str:
+    options = dict(_setting(ctx, "clip2depth", "model_options") or {})
+    if ctx.params.get("clip2depth_arch") is not None:
+        options["arch"] = str(ctx.params["clip2depth_arch"])
+    return str(options.get("arch", CLIP2DepthConfig.arch))
+
+
+def check_baseline_files(ctx: NotebookContext) -> list[str]:
+    """Check every checkpoint notebook 05 will read, before anything trains; one line per problem.
+
+    The CLIP weights (``weights``, or the profile's) are loaded for DepthCLIP / learned-7 (RN50) and for
+    CLIP2Depth's ``clip2depth_arch`` (a file of another architecture is refused here, naming the file);
+    LLM-MDE's ``llm_mde_vit`` (timm ViT-B/16 weights) and ``llm_mde_bert`` (Hugging Face BERT folder with
+    ``vocab.txt``) are read and checked against the configured LLM-MDE (the first problem raises a
+    :class:`clipdepth.model.checkpoints.CheckpointError` naming the file and what was expected). Returns what
+    will be used, one line per model, for the notebook to print.
+    """
+    from clipdepth.baselines.weights import check_bert_folder, load_vit_file
+
+    p = ctx.params
+    weights = p.get("weights") if p.get("weights") is not None else experiments.PROFILES[ctx.profile].weights
+    used = []
+    for arch in dict.fromkeys(("RN50-quickgelu", _clip2depth_arch(ctx))):
+        ctx.clip(arch, weights, _device(ctx))  # loads (and keeps) it; a wrong file is one line here
+        used.append(f"CLIP {arch}: {weights if weights is not None else 'random init'}")
+    options = {**dict(_setting(ctx, "llm-mde", "model_options") or {}), **(p.get("llm_mde_options") or {})}
+    if p.get("llm_mde_image_size") is not None:
+        options["image_size"] = int(p["llm_mde_image_size"])
+    cfg = LLMMDEConfig(**options)
+    files = _llm_mde_files(p)
+    if "vit" in files:
+        load_vit_file(files["vit"], cfg.vit_name, cfg.image_size)
+    if "bert" in files:
+        check_bert_folder(files["bert"], cfg.bert_hidden, cfg.bert_heads, cfg.bert_vocab, cfg.bert_intermediate,
+                          cfg.bert_layers)
+    default = "random init" if ctx.profile == "demo" else "the local Hugging Face cache"
+    used.append(f"LLM-MDE ViT ({cfg.vit_name}): {files.get('vit', default)}")
+    used.append(f"LLM-MDE BERT ({cfg.bert_layers} layers): {files.get('bert', default)}")
+    return used
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("abs_rel", "rmse", "log10", "d1"),
