@@ -31,6 +31,7 @@ __all__ = [
     "check_parameter",
     "cuda_device_count",
     "looks_like_file",
+    "output_dir_problem",
 ]
 
 #: File suffixes that make a ``weights`` value a checkpoint path rather than an open_clip tag.
@@ -70,6 +71,20 @@ def _integer(minimum: int, none: bool = False, multiple_of: int = 1) -> Param:
 
     words = f"an integer >= {minimum}" + (f", a multiple of {multiple_of}" if multiple_of > 1 else "")
     return Param(words + (", or None" if none else ""), check)
+
+
+def _epochs() -> Param:
+    """Training epochs of the trained rows: 0 is refused, since it would silently turn every trained row into
+    an untrained evaluation (the untrained rows are evaluated in every run anyway)."""
+    base = _integer(1, none=True)
+
+    def check(value: Any, base_dir: Path) -> Any:
+        if _is_int(value) and value == 0:
+            raise _Reject("0 epochs would turn the trained rows into untrained evaluations, which every run "
+                          "already reports")
+        return base.check(value, base_dir)
+
+    return Param(base.allowed, check)
 
 
 def _positive_float(none: bool = False) -> Param:
@@ -151,6 +166,21 @@ def _absolute(value: str | os.PathLike[str], base: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
+def output_dir_problem(path: str | os.PathLike[str], option: str) -> str | None:
+    """Why the folder ``path`` (given as ``option``) cannot receive outputs, or None: a file where the folder
+    or one of its parents should be, or a folder this process may not write. Checked before any work and
+    without creating anything (``--plan`` writes nothing), so results are never computed and then lost."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{option} {path}: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{option} {path}: {probe} is not writable"
+    return None
+
+
 def looks_like_file(value: str) -> bool:
     """Whether a ``weights`` value names a file (a checkpoint suffix, a path separator, ``~`` or ``.``)."""
     return (Path(value).suffix in CHECKPOINT_SUFFIXES or os.sep in value or "/" in value
@@ -164,6 +194,8 @@ def _weights() -> Param:
         if not isinstance(value, str) or not value:
             raise _Reject()
         candidate = _absolute(value, base)
+        if candidate.is_dir():
+            raise _Reject(f"{candidate} is a directory, not a checkpoint file")
         if looks_like_file(value) or candidate.is_file():
             if not candidate.is_file():
                 raise _Reject(f"file {candidate} does not exist")
@@ -273,7 +305,7 @@ PARAMETERS: dict[str, Param] = {
     "device": _device(),
     "seed": _integer(0),
     "seeds": _seeds(),
-    "epochs": _integer(0, none=True),
+    "epochs": _epochs(),
     "subset": _integer(1, none=True),
     "train_mode": _choice("faithful", "cached"),
     "precision": _choice("fp32", "tf32", "bf16"),
