@@ -3,7 +3,8 @@
 ``StepUnit`` runs ``steps`` steps of a hash chain, checkpointing after each (like an epoch), then
 turns the final state into a float matrix product (so that the result file is numeric work done in
 whatever process ran the unit) and writes it atomically. It can be slowed down (``delay_s``) to be
-killed mid-way, or made to fail at a given step. Side files record what happened, for the tests:
+killed mid-way, or made to fail at a given step (a bug: RuntimeError; bad input: the project's
+DataError). Side files record what happened, for the tests:
 ``calls.log`` (one line per call: the step it started from), ``steps.log`` (one line per step
 computed), ``pid`` (the process running it) and ``env.json`` (its ``CUDA_VISIBLE_DEVICES``).
 """
@@ -31,6 +32,7 @@ class StepUnit:
     seed: int = 0
     delay_s: float = 0.0
     fail_at: int | None = None
+    refuse_at: int | None = None  # raise the project's DataError (bad input) at this step
 
     @property
     def folder(self) -> Path:
@@ -64,6 +66,10 @@ class StepUnit:
             time.sleep(self.delay_s)
             if self.fail_at == step:
                 raise RuntimeError(f"unit {self.key} fails at step {step} on purpose")
+            if self.refuse_at == step:
+                from clipdepth.data.common import DataError
+
+                raise DataError(f"{self.folder / 'frame.png'}: truncated PNG file (unit {self.key}, step {step})")
             state = hashlib.sha256(f"{state}/{step}".encode()).hexdigest()
             step += 1
             atomic_write_json(ckpt, {"step": step, "state": state})

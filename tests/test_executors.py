@@ -65,9 +65,13 @@ def test_submitit_local_and_local_produce_identical_files(tmp_path):
         report, text = _run(units, tmp_path / executor / "logs", executor, jobs=2, gpus=["0", "1"])
         assert [o.status for o in report.outcomes] == ["ok", "ok"], text
         files[executor] = {u.key: u.result_path.read_bytes() for u in units}
-        # the two slots took the two GPUs, in order
         seen = [json.loads((u.folder / "env.json").read_text())["CUDA_VISIBLE_DEVICES"] for u in units]
-        assert seen == ["0", "1"]
+        if executor == "submitit-local":  # one job per slot, the slots take the GPUs in order
+            assert seen == ["0", "1"]
+        else:  # the workers took the GPUs round robin: a worker keeps its GPU, two workers have two GPUs
+            pids = [(u.folder / "pid").read_text() for u in units]
+            assert set(seen) <= {"0", "1"}
+            assert len(set(zip(pids, seen, strict=True))) == len(set(pids)) == len(set(seen))
         for outcome in report.outcomes:
             assert f"[ok] {outcome.label}: job {outcome.job_id}" in text
             assert f"[clipdepth] unit {outcome.key} (" in Path(outcome.stdout).read_text()

@@ -41,7 +41,7 @@ def test_declarations_match_the_notebooks_parameters_cells() -> None:
     ("args", "env", "message"),
     [
         (["-p", "epochs", "abc"], {},
-         "run_all: error: parameter 'epochs': 'abc' is not allowed; allowed: an integer >= 0, or None\n"),
+         "run_all: error: parameter 'epochs': 'abc' is not allowed; allowed: an integer >= 1, or None\n"),
         (["-p", "datasets", '["nyu","mars"]'], {},
          "run_all: error: parameter 'datasets': ['nyu', 'mars'] is not allowed (unknown 'mars'); allowed: a "
          "non-empty list of nyu, kitti (e.g. ['nyu', 'kitti'] or nyu,kitti)\n"),
@@ -97,15 +97,25 @@ def _notebook(path: Path, params_src: str, body: str) -> None:
     path.write_text(json.dumps(nb))
 
 
+def _tiny_rn50_checkpoint(path: Path) -> None:
+    """A state dict with every key and shape of RN50-quickgelu, each tensor one stored number expanded to
+    its shape: a valid checkpoint for the up-front check, a few hundred kB on disk."""
+    import open_clip
+    import torch
+
+    model = open_clip.create_model("RN50-quickgelu", pretrained=None, device="meta")
+    torch.save({k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in model.state_dict().items()}, path)
+
+
 def test_relative_paths_are_taken_from_the_callers_directory(tmp_path: Path) -> None:
     """``-p weights w.pt`` from a directory that is not the repository: checked there, and the kernel
     (running in the notebooks folder) gets the same file as an absolute path."""
     caller = tmp_path / "caller"
     (caller / "nbs").mkdir(parents=True)
-    (caller / "w.pt").write_text("the caller's checkpoint")
+    _tiny_rn50_checkpoint(caller / "w.pt")  # checked as a checkpoint before anything runs (issue 23)
     _notebook(caller / "nbs" / "01_paths.ipynb",
               'profile = "demo"\nreports_dir = "reports"\nweights = None\ndata_dir = "data"',
-              "from pathlib import Path\nprint('WEIGHTS', weights, Path(weights).read_text())\n"
+              "from pathlib import Path\nprint('WEIGHTS', weights, Path(weights).stat().st_size)\n"
               "print('DATA', data_dir)")
     proc = _run(["--notebooks-dir", "nbs", "--reports-dir", "out", "-p", "weights", "w.pt",
                  "-p", "data_dir", "../data"], cwd=caller)
@@ -116,5 +126,5 @@ def test_relative_paths_are_taken_from_the_callers_directory(tmp_path: Path) -> 
     assert passed["weights"] == str(caller / "w.pt") and passed["data_dir"] == str(tmp_path / "data")
     executed = json.loads((out / "01_paths.ipynb").read_text())
     printed = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
-    assert f"WEIGHTS {caller / 'w.pt'} the caller's checkpoint" in printed
+    assert f"WEIGHTS {caller / 'w.pt'} {(caller / 'w.pt').stat().st_size}" in printed
     assert f"DATA {tmp_path / 'data'}" in printed

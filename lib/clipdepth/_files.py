@@ -43,6 +43,7 @@ __all__ = [
     "clean_stale_temporaries",
     "file_lock",
     "make_temp_dir",
+    "output_dir_problem",
     "temp_path",
 ]
 
@@ -209,3 +210,18 @@ def repo_path(path: str | os.PathLike[str]) -> Path:
     """``path`` made absolute; relative paths are taken relative to :func:`repo_root`, not the cwd."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else repo_root() / p
+
+
+def output_dir_problem(path: str | os.PathLike[str], option: str) -> str | None:
+    """Why the folder ``path`` (given as ``option``) cannot receive outputs, or None: a file where the folder
+    or one of its parents should be, or a folder this process may not write. Checked before any work and
+    without creating anything (``--plan`` writes nothing), so results are never computed and then lost."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{option} {path}: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{option} {path}: {probe} is not writable"
+    return None

@@ -4,7 +4,8 @@ The paper's numbers depend on exactly which frames are used (24,231 NYU training
 frames, 697 KITTI Eigen test lines of which 652 have ground truth), so the lists are pinned by SHA-256.
 A list file that carries a canonical BTS name must *be* the canonical list, unless the manifest our
 own tools write next to it (synthetic scenes, the ``.mat`` exporter) records a different checksum for
-it. Lists with other names are custom lists and are used as given.
+it. Lists with other names are custom lists and are used as given. A list with Windows line endings
+(what git's ``autocrlf`` checks out) is the same list: its bytes are compared with CRLF read as LF.
 
 Lookup order for a reader without ``split_file``: the root's manifest, ``<root>/<canonical name>``, the
 cache folder (``$CLIPDEPTH_CACHE_DIR/splits`` or ``~/.cache/clipdepth/splits``), then a download from the
@@ -13,6 +14,7 @@ BTS repository (short timeout; offline it fails at once and says where to get th
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from clipdepth import vocab
@@ -66,6 +68,11 @@ def _manifest_sha(folder: Path, name: str) -> str | None:
     return None
 
 
+def _lf_sha256(path: Path) -> str:
+    """SHA-256 of the file with CRLF line endings read as LF: what a checksum of the list as published means."""
+    return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+
+
 def verify_split_file(path: str | Path, expected_sha256: str | None = None, origin: str = "") -> Path:
     """Check a list's SHA-256 and return its path.
 
@@ -87,6 +94,8 @@ def verify_split_file(path: str | Path, expected_sha256: str | None = None, orig
         return p
     origin = origin or "the expected checksum"
     got = sha256_file(p)
+    if got != expected.lower() and _lf_sha256(p) == expected.lower():
+        return p  # the same list with Windows line endings (git's autocrlf); the parser reads both
     if got != expected.lower():
         raise DataError(
             f"{p}: split list checksum mismatch: SHA-256 {got} does not match {origin}, expected "

@@ -11,7 +11,8 @@ RGB path without extension (KITTI ``2011_09_26/2011_09_26_drive_0002_sync/image_
 is accepted as well. In a folder, a file's path relative to the folder, extension dropped and every
 ``__`` read as ``/``, is its name: ``PRED/bathroom/rgb_00045.npy`` and ``PRED/bathroom__rgb_00045.npy``
 both score ``bathroom/rgb_00045``. Per-image files are ``.npy``, ``.npz`` (exactly one array) or 16-bit
-``.png`` (depth = value / ``--scale``, default the dataset's GT scale: NYU 1000, KITTI 256). A single
+``.png`` (depth = value / ``--scale``, default the dataset's GT scale: NYU 1000, KITTI 256); integer
+``.npy``/``.npz``/``.h5`` arrays need an explicit ``--scale`` (no default: metres are floats). A single
 ``.h5``/``.hdf5``/``.npz`` file holds all predictions, keyed by name (``/`` or ``__``; HDF5 groups
 nest naturally).
 Which sizes a map may have is the scorer's business (:func:`clipdepth.eval.score.place_prediction`).
@@ -62,8 +63,12 @@ def name_from_key(key: str) -> str:
     return str(PurePosixPath("/" + name)).lstrip("/")
 
 
-def _as_depth_map(array: np.ndarray, where: str) -> np.ndarray:
-    """A real-valued H x W float array (singleton batch/channel axes dropped), or a ScoreError."""
+def _as_depth_map(array: np.ndarray, where: str, int_scale: float | None = None) -> np.ndarray:
+    """A real-valued H x W float array (singleton batch/channel axes dropped), or a ScoreError.
+
+    An integer array is a depth map in some unit (uint16 millimetres is common), never metres: it is
+    divided by ``int_scale`` (``--scale``), and refused (status 2, stop at once) when no scale was given;
+    read as metres, every pixel would be clamped to the maximum depth and score as a constant map."""
     a = np.asarray(array)
     if a.ndim > 2:
         a = a.reshape([d for d in a.shape if d != 1] or [1])
@@ -71,8 +76,13 @@ def _as_depth_map(array: np.ndarray, where: str) -> np.ndarray:
         raise ScoreError(f"{where}: prediction has shape {tuple(np.shape(array))}; expected a 2-D depth map")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise ScoreError(f"{where}: prediction has dtype {a.dtype}; expected numbers")
+    if np.issubdtype(a.dtype, np.integer):
+        if int_scale is None:
+            raise ScoreError(f"{where}: prediction is an integer array ({a.dtype}), not depth in metres; pass "
+                             "--scale S to read it as value / S (e.g. --scale 1000 for millimetres)", status=2)
+        return a.astype(np.float64) / int_scale
     if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64 if np.issubdtype(a.dtype, np.integer) else np.float32)
+        a = a.astype(np.float32)
     return a
 
 
@@ -82,10 +92,12 @@ class Predictions:
     :attr:`sources` maps each sample name to where it comes from (a file, or ``bundle[key]``).
     """
 
-    def __init__(self, path: Path, sources: dict[str, str], loaders: dict[str, Any]) -> None:
+    def __init__(self, path: Path, sources: dict[str, str], loaders: dict[str, Any],
+                 int_scale: float | None = None) -> None:
         self.path = path
         self.sources = sources
         self._loaders = loaders
+        self.int_scale = int_scale  #: ``--scale`` for integer arrays (None: refused)
 
     def load(self, name: str) -> np.ndarray:
         """The prediction of ``name`` as an H x W float array (ScoreError naming the file if unreadable)."""
@@ -98,7 +110,7 @@ class Predictions:
             raise ScoreError(str(exc)) from None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise ScoreError(f"{where}: cannot read the prediction ({exc})") from None
-        return _as_depth_map(array, where)
+        return _as_depth_map(array, where, self.int_scale)
 
 
 def _register(sources: dict[str, str], loaders: dict[str, Any], name: str, where: str, loader: Any) -> None:
@@ -178,10 +190,16 @@ def _npz_bundle_predictions(path: Path) -> Predictions:
     return Predictions(path, sources, loaders)
 
 
-def open_predictions(path: str | Path, scale: float) -> Predictions:
+def open_predictions(path: str | Path, scale: float, int_scale: float | None = None) -> Predictions:
     """Index the predictions at ``path``: a folder of per-image files, or one ``.h5``/``.hdf5``/``.npz``
-    holding all of them keyed by name (the name rule is in the module docstring)."""
-    p = Path(path)
+    holding all of them keyed by name (the name rule is in the module docstring). ``scale`` divides 16-bit
+    PNGs; ``int_scale`` (the ``--scale`` the user gave, else None) divides integer arrays, refused without."""
+    predictions = _open_predictions(Path(path), scale)
+    predictions.int_scale = int_scale
+    return predictions
+
+
+def _open_predictions(p: Path, scale: float) -> Predictions:
     if p.is_dir():
         return _folder_predictions(p, scale)
     if not p.exists():

@@ -42,6 +42,9 @@ Averages: ``per_image`` is the mean over images of each image's metrics (the pap
 Exit codes follow :mod:`clipdepth.data.cli`: 0 success, 1 data problems (missing, extra, wrongly sized
 or invalid predictions, unreadable ground truth), 2 contradictory or unknown arguments. Every problem
 is one ``error:`` line naming the file.
+
+Long because: protocols, placement, the scoring loop, the published rows and the command are one
+evaluator read top to bottom; reading the files is already apart (:mod:`clipdepth.eval._prediction_files`).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipdepth._files import atomic_write_json, atomic_write_text
+from clipdepth._files import atomic_write_json, atomic_write_text, output_dir_problem
 from clipdepth.data import KITTIEigen, NYUDepthV2, get_spec, kb_crop
 from clipdepth.data.base import ListDataset
 from clipdepth.data.common import DataError
@@ -267,6 +270,7 @@ def score_predictions(
     proto = get_protocol(protocol or spec.eval_crop, dataset)
     min_depth = spec.min_depth if min_depth is None else float(min_depth)
     max_depth = spec.max_depth if max_depth is None else float(max_depth)
+    int_scale = None if scale is None else float(scale)  # integer arrays only with a scale given
     scale = spec.depth_scale if scale is None else float(scale)
     if not 0 <= min_depth < max_depth:
         raise ScoreError(f"--min-depth {min_depth} and --max-depth {max_depth}: need 0 <= min < max", status=2)
@@ -278,7 +282,7 @@ def score_predictions(
     test_names = reader.names()
     if not test_names:
         raise ScoreError(f"{reader.split_file}: the {dataset} test list has no usable sample")
-    preds = open_predictions(predictions, scale)
+    preds = open_predictions(predictions, scale, int_scale)
     matched = match_predictions(test_names, name_aliases(reader), preds)
 
     metric_kwargs = dict(
@@ -289,6 +293,7 @@ def score_predictions(
     sums: list[dict[str, float]] = []
     sources: list[str] = []
     problems: list[str] = []
+    clamped = [0, 0, 0]  # valid pixels at the maximum depth, at the minimum, all
     for i in _indices(len(reader), progress):
         pred_name = matched[test_names[i]]
         where = preds.sources[pred_name]
@@ -307,11 +312,19 @@ def score_predictions(
             rows.append(compute_metrics(full, gt, **metric_kwargs))
             sums.append(pixel_sums(full, gt, **metric_kwargs))
         except ScoreError as exc:
+            if exc.status == 2:  # the same for every file (an integer array without --scale): say it once
+                raise
             problems.extend(exc.lines)
             continue
         except ValueError as exc:  # no valid pixel, non-positive prediction at a valid pixel
             problems.append(f"{where}: cannot score {sample.name!r}: {exc}")
             continue
+        if clamp:
+            valid = torch.from_numpy((gt > min_depth) & (gt <= max_depth))
+            at = full[0, 0][valid]
+            clamped[0] += int((at >= max_depth).sum())
+            clamped[1] += int((at <= min_depth).sum())
+            clamped[2] += int(at.numel())
         sources.append(where)
     if problems:
         raise ScoreError(problems)
@@ -332,6 +345,8 @@ def score_predictions(
         "root": str(Path(root)),
         "split_file": str(reader.split_file),
         "n_images": len(rows),
+        "clamped_at_max": clamped[0] / max(clamped[2], 1),
+        "clamped_at_min": clamped[1] / max(clamped[2], 1),
         "skipped_lines": dict(reader.skip_reasons),
     }
     return ScoreResult(
@@ -471,7 +486,26 @@ def _err(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+#: Above this share of valid pixels clamped at one end of the range, the score is that of a constant map.
+CLAMPED_WARNING = 0.5
+
+
+def clamp_warning(settings: dict[str, Any]) -> str | None:
+    """A loud warning when most valid pixels were clamped at the maximum or minimum depth: predictions in
+    another unit (millimetres, or a scale off by 1000) score as a constant map and look like a bad model."""
+    for end, limit in (("max", "max_depth"), ("min", "min_depth")):
+        share = settings.get(f"clamped_at_{end}", 0.0)
+        if share > CLAMPED_WARNING:
+            return (f"WARNING: {share:.0%} of the valid pixels were clamped to the {end}imum depth "
+                    f"({settings[limit]:g} m): these scores are those of a nearly constant map; are the predictions "
+                    "in metres? (for another unit, save floats in metres or pass --scale)")
+    return None
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
+    if args.out and (problem := output_dir_problem(args.out, "--out")):  # before the work, not after it
+        _err(problem)
+        return 2
     try:
         compare, notes = published_rows(args.dataset, args.compare) if args.compare is not None else ([], [])
         result = score_predictions(
@@ -487,6 +521,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
             _err(f"... and {len(exc.lines) - MAX_PROBLEM_LINES} more problems")
         return exc.status
     print(format_table(result, compare))
+    warning = clamp_warning(result.settings)
+    if warning:
+        print(warning, file=sys.stderr)
     for note in notes:
         print(f"note: {note}")
     if args.out:

@@ -128,6 +128,14 @@ def _safetensors_header(path: Path, head: bytes, size: int) -> dict[str, Any] | 
     return header
 
 
+def _check_is_file(path: Path) -> None:
+    """:class:`CheckpointError` unless ``path`` is a file: a directory is named as one, not as missing."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a weights file (expected {EXPECTED_FORMATS})")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file does not exist (expected {EXPECTED_FORMATS})")
+
+
 def checkpoint_format(path: str | os.PathLike[str]) -> str:
     """Recognise a weights file from its bytes: ``"torchscript"``, ``"torch"`` (a ``torch.save`` zip
     or legacy file) or ``"safetensors"``.
@@ -135,8 +143,7 @@ def checkpoint_format(path: str | os.PathLike[str]) -> str:
     Raises :class:`CheckpointError` for a missing file, an empty or truncated one, and anything else.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file does not exist (expected {EXPECTED_FORMATS})")
+    _check_is_file(path)
     size = path.stat().st_size
     if size == 0:
         raise _not_a_checkpoint(path, "the file is empty")
@@ -377,6 +384,5 @@ def weights_id(weights: str | os.PathLike[str] | None, seed: int = 0) -> str:
     if not is_weights_file(weights):
         return f"tag:{weights}"
     path = Path(weights).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file does not exist (expected {EXPECTED_FORMATS})")
+    _check_is_file(path)
     return f"sha256:{_cached_sha256(path)}"

@@ -8,17 +8,21 @@ decides what to submit, waits and reports. The child imports only this small mod
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
 import sys
 import traceback
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-__all__ = ["SubmittedUnit", "WorkUnit", "pin_gpu", "run_logged"]
+__all__ = ["Refused", "SubmittedUnit", "WorkUnit", "expected_error", "pin_gpu", "run_logged"]
+
+#: The package whose own error classes (DataError, CheckpointError, ParameterError, ScoreError, ...) are
+#: raised on purpose, with a one-line message made for the user.
+_PROJECT = __name__.partition(".")[0]
 
 
 @runtime_checkable
@@ -40,6 +44,28 @@ class WorkUnit(Protocol):
     def __call__(self) -> Any: ...
 
 
+@dataclass(frozen=True)
+class Refused:
+    """What a unit returns instead of a traceback when it stopped on an error the project raises on
+    purpose (bad data, a bad checkpoint, a bad parameter): that error's one line, which the parent prints
+    as it is, whichever executor ran the unit. The full traceback stays in the unit's log."""
+
+    message: str
+
+
+def expected_error(exc: BaseException) -> str | None:
+    """The one-line message of ``exc`` if it is one of the project's own error classes, else None.
+
+    Decided by where the class is defined (any class of its MRO in this package), so the worker need
+    not import the data, checkpoint or parameter modules to recognise their errors.
+    """
+    if not any(cls.__module__.partition(".")[0] == _PROJECT for cls in type(exc).__mro__):
+        return None
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class SubmittedUnit(Checkpointable):
     """A unit as a submitit job: requeue-safe.
 
@@ -57,7 +83,14 @@ class SubmittedUnit(Checkpointable):
     def __call__(self) -> Any:
         print(f"[clipdepth] unit {self.unit.key} ({self.unit.label}) on {socket.gethostname()}, pid {os.getpid()}",
               flush=True)
-        return self.unit()
+        try:
+            return self.unit()
+        except Exception as exc:
+            message = expected_error(exc)
+            if message is None:
+                raise
+            traceback.print_exc()
+            return Refused(message)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         print(f"[clipdepth] unit {self.unit.key}: preempted or near its time limit; requeued with the same unit, "
@@ -65,37 +98,48 @@ class SubmittedUnit(Checkpointable):
         return DelayedSubmission(SubmittedUnit(self.unit))
 
 
-def pin_gpu(gpu: str | None) -> None:
-    """Worker initializer: runs before the unit imports torch, so the worker sees only its GPU. On Linux
-    the worker also asks to be terminated when its parent dies (``PR_SET_PDEATHSIG``): a killed
-    ``./run_all.sh`` must not leave a worker training on; the next run resumes from the group checkpoint."""
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
+def pin_gpu(counter: Any, gpus: tuple[str, ...]) -> None:
+    """Worker initializer: the n-th worker started takes ``gpus[n % len(gpus)]`` (round robin per worker),
+    before the unit imports torch, so the worker sees only its GPU. ``counter`` is a shared
+    ``multiprocessing.Value`` counting the workers started; with no ``gpus`` the visibility is inherited.
+
+    Workers are started with SIGINT ignored (see :func:`clipdepth.run.executors._run_local`): on Ctrl-C the
+    parent stops them with SIGTERM, which here raises ``SystemExit`` in the running unit, so the worker
+    ends like a finished one (its semaphores, e.g. tqdm's lock, released; no traceback of its own) and the
+    unit resumes from its last checkpoint on the next run.
+    """
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
-def run_logged(unit: WorkUnit, log: str) -> tuple[str, Any]:
-    """In a worker: run ``unit`` with stdout/stderr (also of C code) appended to ``log``."""
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_logged(unit: WorkUnit, log: str) -> tuple[str, Any, int]:
+    """In a worker: run ``unit`` with stdout/stderr (also of C code) written to ``log`` (new for each
+    run, so its first line names the process running it now). Returns ``(status, payload, pid)``:
+    ``("ok", result)``, ``("refused", one line)`` for the project's own errors, ``("error", traceback)``."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log, "a", encoding="utf-8") as fh:
+    with open(log, "w", encoding="utf-8") as fh:
         os.dup2(fh.fileno(), 1)
         os.dup2(fh.fileno(), 2)
         try:
             print(f"[clipdepth] unit {unit.key} ({unit.label}) on {socket.gethostname()}, pid {os.getpid()}, "
                   f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
             try:
-                return "ok", unit()
-            except Exception:
+                return "ok", unit(), os.getpid()
+            except Exception as exc:
                 text = traceback.format_exc()
                 print(text, file=sys.stderr, flush=True)
-                return "error", text
+                message = expected_error(exc)
+                return ("error", text, os.getpid()) if message is None else ("refused", message, os.getpid())
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -103,4 +147,3 @@ def run_logged(unit: WorkUnit, log: str) -> tuple[str, Any]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-

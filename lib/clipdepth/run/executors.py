@@ -7,7 +7,7 @@ that folder, so where it runs is a choice made here, once, and not in the traine
 
 * ``local``: ``jobs`` worker processes on this machine (``concurrent.futures`` with the *spawn*
   context, so that a worker starts clean and its ``CUDA_VISIBLE_DEVICES`` is set before torch loads);
-  with ``gpus`` the worker slots take the GPUs round robin. One log per unit in ``logs/local/``.
+  with ``gpus`` the workers take the GPUs round robin. One log per unit and run in ``logs/local/``.
 * ``submitit-local``: the same, but every unit is a real submitit job (:class:`submitit.LocalExecutor`)
   with submitit's pickles, logs and requeue machinery: what a Slurm run does, on one machine, without
   Slurm. For testing the cluster path and for running detached jobs on a workstation.
@@ -22,6 +22,9 @@ preempted or timed-out Slurm job is requeued with the same unit, which resumes f
 The options (:class:`ExecutorOptions`, the ``--executor``/``--slurm-*``/``-x`` arguments and their
 checks) live in :mod:`clipdepth.run._executor_options`, what runs inside a worker or job (:class:`WorkUnit`,
 :class:`SubmittedUnit`) in :mod:`clipdepth.run._worker`; both are re-exported here.
+
+Long because: the three executors share the outcome records, the progress lines and the report, and
+each one's submit-wait-report loop is short; the options and the worker side are already apart.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ import dataclasses
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -58,7 +63,7 @@ from clipdepth.run._executor_options import (
     parse_minutes,
     slurm_parameter_name,
 )
-from clipdepth.run._worker import SubmittedUnit, WorkUnit, pin_gpu, run_logged
+from clipdepth.run._worker import Refused, SubmittedUnit, WorkUnit, pin_gpu, run_logged
 
 __all__ = [
     "DEFAULT_SLURM_TIME_MIN",
@@ -102,6 +107,7 @@ class UnitOutcome:
     error: str = ""
     seconds: float = 0.0
     result: Any = None
+    refused: bool = False  #: stopped on the project's own error (bad data, checkpoint...): ``error`` is its line
 
 
 @dataclass
@@ -197,6 +203,9 @@ class _Progress:
         if outcome.status == "ok":
             self.say(f"  [ok] {outcome.label}: job {outcome.job_id} ({outcome.seconds:.0f} s)")
             return
+        if outcome.refused:
+            self.say(f"  [FAILED] {outcome.label}: {outcome.error} (log {outcome.stdout})")
+            return
         logs = outcome.stdout if outcome.stderr in ("", outcome.stdout) else f"{outcome.stdout}\n      {outcome.stderr}"
         error = "\n".join("      " + ln for ln in outcome.error.splitlines())
         self.say(f"  [FAILED] {outcome.label} (unit {outcome.key}): job {outcome.job_id}\n    logs:\n      {logs}\n"
@@ -209,70 +218,115 @@ class _Progress:
 
 
 def _log_pid(log: Path) -> str:
+    """The process named on the first line of a unit's log (the log is new for each run)."""
+    found = re.search(r", pid (\d+)", _read(log).split("\n", 1)[0])
+    return f"pid {found.group(1)}" if found else "(not started)"
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes are spawned: they inherit the disposition, so Ctrl-C reaches
+    only this process, which stops them (:func:`_stop_workers`) instead of each printing a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with log.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                found = re.search(r", pid (\d+)", line)
-                if found:
-                    return f"pid {found.group(1)}"
-    except OSError:
-        pass
-    return "(not started)"
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def _run_local(todo: list[WorkUnit], logs_dir: Path, jobs: int, gpus: Sequence[str] | None, poll_s: float,
+def _stop_workers(pool: futures.ProcessPoolExecutor, processes: Sequence[Any]) -> None:
+    """Cancel what has not started and stop the workers: SIGTERM (the running units stop, see
+    :func:`clipdepth.run._worker.pin_gpu`), SIGKILL for one still alive after 10 s. Their units resume
+    from their last checkpoints on the next run."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=True)
+
+
+def _run_local(todo: list[WorkUnit], logs_dir: Path, jobs: int, gpus: Sequence[str] | None,
                progress: _Progress) -> list[UnitOutcome]:
-    """``jobs`` slots, each a one-worker spawn pool pinned to its GPU; a pool whose worker died is replaced."""
+    """A :class:`concurrent.futures.ProcessPoolExecutor` of ``jobs`` spawned workers, GPUs round robin per worker.
+
+    A worker that dies (killed, out of memory) breaks the pool: the units running then are reported
+    failed, the units that had not started go to a fresh pool, so the other groups still run. Ctrl-C
+    (SIGINT to the process group, or to this process alone) stops the workers (:func:`_stop_workers`).
+    A ``kill -9`` of this process alone cannot: its workers finish their current units, whose results are
+    written atomically and reused by the next run (which waits on a unit's lock, not on its worker).
+    """
     log_dir = logs_dir / "local"
     log_dir.mkdir(parents=True, exist_ok=True)
+    logs = {u.key: log_dir / f"{_file_name(u.key)}.log" for u in todo}
+    for log in logs.values():  # one log per unit and run: its first line names the process running it now
+        log.unlink(missing_ok=True)
     context = multiprocessing.get_context("spawn")
-    slots = min(jobs, len(todo))
-    pools: list[futures.ProcessPoolExecutor | None] = [None] * slots
-    queue = deque(todo)
-    running: dict[futures.Future, tuple[WorkUnit, int, Path, float]] = {}
     outcomes: dict[str, UnitOutcome] = {}
-    try:
-        while queue or running:
-            busy = {slot for _, slot, _, _ in running.values()}
-            for slot in (s for s in range(slots) if s not in busy):
-                if not queue:
-                    break
-                if pools[slot] is None:
-                    gpu = gpus[slot % len(gpus)] if gpus else None
-                    pools[slot] = futures.ProcessPoolExecutor(1, mp_context=context, initializer=pin_gpu,
-                                                              initargs=(gpu,))
-                unit = queue.popleft()
-                log = log_dir / f"{_file_name(unit.key)}.log"
-                running[pools[slot].submit(run_logged, unit, str(log))] = (unit, slot, log, time.perf_counter())
-            progress.counts(len(queue), len(running), sum(o.status == "ok" for o in outcomes.values()),
-                            sum(o.status == "failed" for o in outcomes.values()))
-            done, _ = futures.wait(list(running), timeout=poll_s, return_when=futures.FIRST_COMPLETED)
-            for fut in done:
-                unit, slot, log, t0 = running.pop(fut)
+    queue = list(todo)
+
+    def counts() -> None:
+        done = sum(o.status == "ok" for o in outcomes.values())
+        failed = len(outcomes) - done
+        running = min(jobs, len(todo) - len(outcomes))
+        progress.counts(len(todo) - len(outcomes) - running, running, done, failed)
+
+    while queue:
+        before, before_children = len(outcomes), set(multiprocessing.active_children())
+        counter = context.Value("i", 0)  # workers started: the n-th takes GPU n (round robin)
+        pool = futures.ProcessPoolExecutor(min(jobs, len(queue)), mp_context=context, initializer=pin_gpu,
+                                           initargs=(counter, tuple(gpus or ())))
+        with _sigint_ignored():
+            started = {pool.submit(run_logged, u, str(logs[u.key])): (u, time.perf_counter()) for u in queue}
+        workers = [p for p in multiprocessing.active_children() if p not in before_children]
+        queue = []
+        try:
+            counts()
+            for fut in futures.as_completed(started):
+                unit, t0 = started[fut]
+                log = logs[unit.key]
                 outcome = UnitOutcome(unit.key, unit.label, "ok", _log_pid(log), str(log), str(log),
                                       seconds=time.perf_counter() - t0)
                 try:
-                    status, payload = fut.result()
+                    status, payload, pid = fut.result()
                 except futures.process.BrokenProcessPool:
+                    if not log.is_file():  # had not started: the next pool runs it
+                        queue.append(unit)
+                        continue
                     outcome.status = "failed"
-                    outcome.error = (f"the worker process died (killed, or out of memory) while running this unit; "
-                                     f"last lines of its log:\n{_tail(_read(log), 4)}").rstrip()
-                    pools[slot].shutdown(wait=False)
-                    pools[slot] = None
+                    outcome.error = ("the worker process died (killed, or out of memory) while running this unit, "
+                                     "or another worker died and the pool stopped this one; last lines of its log:\n"
+                                     f"{_tail(_read(log), 4)}").rstrip()
                 else:
+                    outcome.job_id = f"pid {pid}"
                     if status == "ok":
                         outcome.result = payload
                         _check_done(unit, outcome)
                     else:
-                        outcome.status, outcome.error = "failed", _tail(payload)
+                        outcome.status, outcome.error = "failed", (payload if status == "refused" else _tail(payload))
+                        outcome.refused = status == "refused"
                 outcomes[unit.key] = outcome
                 progress.finished(outcome)
-        progress.counts(0, 0, sum(o.status == "ok" for o in outcomes.values()),
-                        sum(o.status == "failed" for o in outcomes.values()))
-    finally:
-        for pool in pools:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                counts()
+        except BaseException:  # Ctrl-C: stop the workers; a rerun resumes every unit from its checkpoint
+            _stop_workers(pool, workers)
+            # the traceback keeps this frame: drop what holds the counter's semaphore, so it is released now
+            # (else the resource tracker warns of a leaked semaphore at exit)
+            pool = counter = workers = None  # type: ignore[assignment]
+            raise
+        pool.shutdown(wait=True)
+        if len(outcomes) == before:  # nothing started in that pool: do not try forever
+            for unit in queue:
+                outcomes[unit.key] = UnitOutcome(unit.key, unit.label, "failed", "(not started)", error=(
+                    "the worker processes died before starting this unit"))
+                progress.finished(outcomes[unit.key])
+            queue = []
     return [outcomes[u.key] for u in todo]
 
 
@@ -337,8 +391,10 @@ def _job_outcome(job: submitit.Job, unit: WorkUnit, slurm: bool, t0: float) -> U
     error = _job_error(job, slurm)
     if error:
         outcome.status, outcome.error = "failed", error
+    elif isinstance(result := job.result(), Refused):
+        outcome.status, outcome.error, outcome.refused = "failed", result.message, True
     else:
-        outcome.result = job.result()
+        outcome.result = result
         _check_done(unit, outcome)
     return outcome
 
@@ -429,9 +485,11 @@ def run_units(units: Sequence[WorkUnit], logs_dir: str | os.PathLike[str], optio
     ``logs_dir``: ``local/<key>.log`` per unit, ``submitit/<job id>/`` per submitit job (submitit's
     pickles and ``*_log.out``/``*_log.err``), and ``executor-report.json`` (the report, written at
     the end). For Slurm it must be on a filesystem that the compute nodes see, like the runs folder.
-    ``gpus``: device ids for ``local`` and ``submitit-local``; the ``jobs`` slots take them round
-    robin (``CUDA_VISIBLE_DEVICES`` of each worker/job); ``None`` or empty: no GPU for submitit-local
-    jobs, inherited visibility for local workers. Slurm jobs get what Slurm allocates.
+    ``gpus``: device ids for ``local`` and ``submitit-local``; the ``jobs`` workers (local) or job slots
+    (submitit-local) take them round robin (``CUDA_VISIBLE_DEVICES`` of each worker/job); ``None`` or
+    empty: no GPU for submitit-local jobs, inherited visibility for local workers. Slurm jobs get what Slurm allocates.
+
+    ``poll_s``: how often submitit jobs are polled (local workers report back by themselves).
 
     Units whose ``is_done()`` is true are not run (status ``skipped``). A failed unit does not stop
     the others; finished units stay finished, and a rerun submits only what is missing.
@@ -456,7 +514,7 @@ def run_units(units: Sequence[WorkUnit], logs_dir: str | os.PathLike[str], optio
     if todo:
         logs_dir.mkdir(parents=True, exist_ok=True)
         if options.executor == "local":
-            ran = _run_local(todo, logs_dir, options.jobs, gpus, 0.5 if poll_s is None else poll_s, progress)
+            ran = _run_local(todo, logs_dir, options.jobs, gpus, progress)
         else:
             default_poll = 10.0 if options.executor == "slurm" else 0.5
             ran = _run_submitit(todo, logs_dir, options, gpus, default_poll if poll_s is None else poll_s, progress)

@@ -70,6 +70,20 @@ def _integer(minimum: int, none: bool = False, multiple_of: int = 1) -> Param:
     return Param(words + (", or None" if none else ""), check)
 
 
+def _epochs() -> Param:
+    """Training epochs of the trained rows: 0 is refused, since it would silently turn every trained row into
+    an untrained evaluation (the untrained rows are evaluated in every run anyway)."""
+    base = _integer(1, none=True)
+
+    def check(value: Any, base_dir: Path) -> Any:
+        if _is_int(value) and value == 0:
+            raise _Reject("0 epochs would turn the trained rows into untrained evaluations, which every run "
+                          "already reports")
+        return base.check(value, base_dir)
+
+    return Param(base.allowed, check)
+
+
 def _positive_float(none: bool = False) -> Param:
     def check(value: Any, base: Path) -> Any:
         if value is None and none:
@@ -192,6 +206,8 @@ def _weights() -> Param:
         if not isinstance(value, str) or not value:
             raise _Reject()
         candidate = _absolute(value, base)
+        if candidate.is_dir():
+            raise _Reject(f"{candidate} is a directory, not a checkpoint file")
         if is_weights_file(value, base):
             if not candidate.is_file():
                 raise _Reject(f"file {candidate} does not exist")
@@ -301,7 +317,7 @@ PARAMETERS: dict[str, Param] = {
     "device": _device(),
     "seed": _integer(0),
     "seeds": _seeds(),
-    "epochs": _integer(0, none=True),
+    "epochs": _epochs(),
     "subset": _integer(1, none=True),
     "train_mode": _choice("faithful", "cached"),
     "precision": _choice("fp32", "tf32", "bf16"),

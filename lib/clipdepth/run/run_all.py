@@ -49,15 +49,17 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipdepth._files import LockTimeout, atomic_write_text, file_lock, repo_root
+from clipdepth._files import LockTimeout, atomic_write_text, file_lock, output_dir_problem, repo_root
 from clipdepth.report.comparison_view import notebook_tables
 from clipdepth.report.provenance import environment_info, find_cached_weights
+from clipdepth.run._worker import expected_error
 from clipdepth.run.executors import ExecutorError, add_executor_arguments, options_from_args, run_units
 from clipdepth.run.params import PARAMETERS, ParameterError, check_parameter
 from clipdepth.train.plan import describe_plan, plan_lines, plan_tables
@@ -292,6 +294,19 @@ def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: i
     return missing
 
 
+def weights_file_problem(path: str | os.PathLike[str], arch: str = "RN50-quickgelu") -> str | None:
+    """One line saying why ``path`` is not a usable ``arch`` checkpoint (missing, a directory, empty, text,
+    truncated, another architecture), or None. Read in full (a second or two; imports torch), in every
+    profile and for ``--plan``, so a bad file stops the run here rather than in every row group's worker."""
+    from clipdepth.model.checkpoints import CheckpointError, read_state_dict
+
+    try:
+        read_state_dict(path, arch)
+    except CheckpointError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
 def check_paper_prerequisites(
     datasets: Sequence[str],
     data_dir: str | os.PathLike[str],
@@ -327,15 +342,10 @@ def check_paper_prerequisites(
                                    "pass a local RN50 checkpoint with -p weights PATH: OpenAI's RN50.pt (TorchScript, "
                                    "as clip.load caches it), open_clip's open_clip_pytorch_model.bin or "
                                    "open_clip_model.safetensors, or a state dict .pt/.pth"))
-        elif verify_weights:
-            from clipdepth.model.checkpoints import CheckpointError, read_state_dict
-
-            try:
-                read_state_dict(path, arch)
-            except CheckpointError as exc:
-                missing.append(Missing(f"CLIP weights: {exc}",
-                                       f"pass a {arch} checkpoint with -p weights PATH (OpenAI's RN50.pt, open_clip's "
-                                       ".bin/.safetensors, or a state dict .pt/.pth)"))
+        elif verify_weights and (problem := weights_file_problem(path, arch)):
+            missing.append(Missing(f"CLIP weights: {problem}",
+                                   f"pass a {arch} checkpoint with -p weights PATH (OpenAI's RN50.pt, open_clip's "
+                                   ".bin/.safetensors, or a state dict .pt/.pth)"))
     elif find_cached_weights(arch, str(effective)) is None:
         missing.append(Missing(
             f"CLIP {arch} weights '{effective}' are not in open_clip's cache",
@@ -468,6 +478,17 @@ def reports_lock(out_dir: Path) -> Iterator[None]:
             owner.unlink(missing_ok=True)
 
 
+#: papermill processes running now, stopped on Ctrl-C (:func:`_stop_notebooks`).
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def _stop_notebooks() -> None:
+    """Terminate the papermill processes still running (Ctrl-C may have reached only this process)."""
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.terminate()
+
+
 def _execute(job: Job, out_dir: Path, notebooks_dir: Path, timeout: int | None) -> Job:
     """Run one notebook through the papermill CLI; its output goes to ``logs/<name>.log``."""
     out_nb = out_dir / f"{job.name}.ipynb"
@@ -483,7 +504,12 @@ def _execute(job: Job, out_dir: Path, notebooks_dir: Path, timeout: int | None) 
     with log.open("w", encoding="utf-8") as fh:
         fh.write("$ " + shlex.join(cmd) + "\n")
         fh.flush()
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(repo_root()))
+        with subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(repo_root())) as proc:
+            _RUNNING.add(proc)
+            try:
+                proc.wait()
+            finally:
+                _RUNNING.discard(proc)
     job.seconds = time.perf_counter() - t0
     if proc.returncode == 0:
         job.status = "ok"
@@ -543,8 +569,33 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
+#: Said on Ctrl-C (exit status 130, the shell's for SIGINT).
+INTERRUPTED = ("run_all: interrupted; finished row groups and notebooks are kept, and a rerun resumes the others "
+               "from their last checkpoints")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``./run_all.sh``; returns the exit status (see module docstring)."""
+    """Entry point of ``./run_all.sh``; returns the exit status (see module docstring).
+
+    Ctrl-C stops the worker pools and the notebooks and prints :data:`INTERRUPTED` (exit 130), not a
+    traceback; an error the project raises on purpose that reaches here (bad data, checkpoint, parameter)
+    prints as its one line (exit 2).
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        _stop_notebooks()
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:
+        message = expected_error(exc)
+        if message is None:  # a bug: its traceback is what helps
+            raise
+        print(f"run_all: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:  # first: `--executor slurm` on a machine without Slurm must fail before anything runs
@@ -565,6 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"unknown profile {args.profile!r}; valid: {', '.join(PROFILES)}")
     if args.jobs < 1:
         return fail("--jobs must be >= 1")
+    if args.timeout is not None and args.timeout < 1:
+        return fail(f"--timeout {args.timeout}: must be a number of seconds >= 1 (leave it out for no timeout)")
     root = repo_root()
     caller = caller_dir()
     notebooks_dir = caller / Path(args.notebooks_dir).expanduser() if args.notebooks_dir else root / "notebooks"
@@ -605,6 +658,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports_root = Path(os.path.normpath(caller / Path(args.reports_dir).expanduser())) if args.reports_dir \
         else root / "reports"
     out_dir = reports_root / args.profile
+    problem = output_dir_problem(reports_root, "--reports-dir") or output_dir_problem(out_dir, "--reports-dir")
+    if problem:
+        return fail(problem)
+    if args.profile != "paper" and isinstance(overrides.get("weights"), str) and is_weights_file(overrides["weights"]):
+        problem = weights_file_problem(overrides["weights"])  # the paper profile checks it with its prerequisites
+        if problem:
+            return fail(f"parameter 'weights': {problem}")
     gpu_ids = _gpu_ids() if args.profile == "paper" else []
     jobs: list[Job] = []
     for nb in selected:
@@ -675,10 +735,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.force:
         os.environ["CLIPDEPTH_FORCE_SINCE"] = f"{force_since:.3f}"
     planned = [(notebook_tables(job.path), {**defaults[job.name], **job.parameters}) for job in jobs]
-    try:
-        units, _ = plan_tables(planned, args.profile)
-    except (ValueError, OSError) as exc:  # e.g. a subset larger than a list, an unreadable list
-        return fail(str(exc).splitlines()[0], 3 if args.profile == "paper" else 2)
+    with contextlib.ExitStack() as stack:
+        if args.plan and args.profile == "demo":
+            # the demo's scenes are rendered to name the samples (they are part of each group's key); for
+            # --plan into a temporary folder, since nothing is written (a run's key omits the data root)
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="clipdepth-plan-"))
+            planned = [(tables, {**params, "data_dir": scratch}) for tables, params in planned]
+        try:
+            units, _ = plan_tables(planned, args.profile)
+        except (ValueError, OSError) as exc:  # e.g. a subset larger than a list, an unreadable list
+            return fail(str(exc).splitlines()[0], 3 if args.profile == "paper" else 2)
     if args.plan:
         summary = describe_plan(units, out_dir)
         print(f"run_all: plan for profile {args.profile} ({len(jobs)} notebook(s)); nothing is run")
@@ -695,8 +761,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
             execution = run_units(units, out_dir / "logs", executor_options, gpus=gpu_ids)
             if not execution.ok:
-                print(f"run_all: {len(execution.failed)} row group(s) failed (finished groups are kept; a rerun "
-                      "computes only what is missing); no notebook was run", file=sys.stderr)
+                summary = (f"run_all: {len(execution.failed)} row group(s) failed (finished groups are kept; a rerun "
+                           "computes only what is missing); no notebook was run")
+                refused = [o for o in execution.failed if o.refused]
+                for message in dict.fromkeys(o.error for o in refused):  # bad data, checkpoint, parameter
+                    print(f"run_all: error: {message}", file=sys.stderr)
+                print(summary, file=sys.stdout if len(refused) == len(execution.failed) else sys.stderr)
                 return 1
 
         # 4. the notebooks
@@ -709,13 +779,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             shown = {k: v for k, v in job.parameters.items() if k not in ("reports_dir",)}
             print(f"  {job.name}: {json.dumps(shown)}")
         sys.stdout.flush()
-        with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        pool = futures.ThreadPoolExecutor(max_workers=args.jobs)
+        try:
             pending = {pool.submit(_execute, job, out_dir, notebooks_dir, args.timeout): job for job in jobs}
             for done in futures.as_completed(pending):
                 job = done.result()
                 mark = "ok" if job.status == "ok" else "FAILED"
                 print(f"  [{mark}] {job.name} ({job.seconds:.0f} s)" + (f": {job.error}" if job.error else ""))
                 sys.stdout.flush()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_notebooks()
+            raise
+        pool.shutdown(wait=True)
         for job in jobs:
             out_nb = out_dir / f"{job.name}.ipynb"
             if out_nb.is_file():
