@@ -9,9 +9,10 @@ import torch
 
 from clipdepth.data.pipeline import InputPipeline, check_workers, default_workers, prefetched
 from clipdepth.study import experiments
+from clipdepth.study.experiments import resolve as resolve_row
 from clipdepth.train.lockstep import LockstepGroup, RunOptions, plan, run_units
 from clipdepth.train.step import batch_order
-from clipdepth.train.trainer import Trainer, resolve_row
+from clipdepth.train.trainer import Trainer
 
 # two trained NYU rows (7 learned depth tokens; 8 learned context tokens): 6 images in batches of 4 = two
 # steps, the second one short; two test images

@@ -30,9 +30,10 @@ from clipdepth.data.kitti import KITTIEigen
 from clipdepth.data.nyu import NYUDepthV2
 from clipdepth.data.pipeline import InputPipeline
 from clipdepth.data.transforms import TrainTransform, border_crop, to_tensor
+from clipdepth.study.experiments import resolve as resolve_row
 from clipdepth.train.losses import SILogTarget
 from clipdepth.train.step import make_optimiser, optimiser_steps
-from clipdepth.train.trainer import build_model, resolve_row
+from clipdepth.train.trainer import build_model
 
 #: Frames written per dataset (one batch); the timed batches cycle through them.
 FRAMES = 16
