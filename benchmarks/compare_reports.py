@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: Keys of ``extra`` that say how long something took, where a file is or which module a label came
+#: from: expected to change with the machine, the checkout or the package layout, never a result.
+NOT_RESULTS = {"run_dir", "seconds", "prompts_per_s", "eval s", "train s", "source", "wall_seconds"}
+
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log_mse", "log10", "silog", "d1", "d2", "d3")
 
 
@@ -34,6 +38,19 @@ def _numbers(row: dict[str, Any]) -> dict[str, Any]:
 def _rows(path: Path) -> dict[tuple[str, Any], dict[str, Any]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     return {(r.get("experiment") or r.get("name"), r.get("seed")): _numbers(r) for r in data.get("rows", [])}
+
+
+def _leaves(a: Any, b: Any, path: str):
+    """(path, before, after) for every leaf that differs, skipping :data:`NOT_RESULTS` keys."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in NOT_RESULTS:
+                yield from _leaves(a.get(k), b.get(k), f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            yield from _leaves(x, y, f"{path}[{i}]")
+    elif a != b:
+        yield path, a, b
 
 
 def compare(before: Path, after: Path) -> int:
@@ -56,9 +73,9 @@ def compare(before: Path, after: Path) -> int:
                     moved.append(f"{key} {m}: {v!r} -> {a_nums.get(m)!r}")
         b_extra = json.loads(b_file.read_text(encoding="utf-8")).get("extra") or {}
         a_extra = json.loads(a_file.read_text(encoding="utf-8")).get("extra") or {}
-        for key in sorted(set(b_extra) | set(a_extra)):  # Table 8's neighbours, seed tables, claims
-            if json.dumps(b_extra.get(key), sort_keys=True) != json.dumps(a_extra.get(key), sort_keys=True):
-                moved.append(f"extra[{key!r}] differs")
+        for path, b_val, a_val in _leaves(b_extra, a_extra, "extra"):  # Table 8, seed tables, claims
+            delta = abs(b_val - a_val) if isinstance(b_val, float) and isinstance(a_val, float) else None
+            moved.append(f"{path}: {b_val!r} -> {a_val!r}" + (f" (|diff| {delta:.1e})" if delta is not None else ""))
         new = sorted(set(a_rows) - set(b_rows))
         n_values = sum(len(v) for v in b_rows.values())
         status = "identical" if not moved else f"{len(moved)} difference(s)"
