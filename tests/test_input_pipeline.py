@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _compare import assert_states_equal
 
 from clipdepth.data.pipeline import InputPipeline, check_workers, default_workers, prefetched
 from clipdepth.study import experiments
@@ -35,21 +36,6 @@ def _options(root: Path, **kw) -> RunOptions:
                       keep_examples=0, **kw)
 
 
-def _assert_equal(a, b, path="") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_equal(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_equal(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 def test_lockstep_epoch_is_bit_identical_with_0_1_and_2_workers(tmp_path, rn50):
     """Must show 3: tokens, optimiser and scheduler states, BN statistics, history and every metric."""
     outcomes = {}
@@ -66,9 +52,9 @@ def test_lockstep_epoch_is_bit_identical_with_0_1_and_2_workers(tmp_path, rn50):
         for a, b in zip(results, ref_results, strict=True):
             assert a.metrics == b.metrics and a.per_image == b.per_image and a.pooled == b.pooled
             assert a.history == b.history
-        _assert_equal(state["rows"], ref_state["rows"], "rows")  # tokens, optimiser, scheduler, history
-        _assert_equal(state["bn_buffers"], ref_state["bn_buffers"], "bn")
-        _assert_equal(state["torch_rng"], ref_state["torch_rng"], "rng")  # the loader leaves the global RNG alone
+        assert_states_equal(state["rows"], ref_state["rows"], "rows")  # tokens, optimiser, scheduler, history
+        assert_states_equal(state["bn_buffers"], ref_state["bn_buffers"], "bn")
+        assert_states_equal(state["torch_rng"], ref_state["torch_rng"], "rng")  # the loader leaves the global RNG alone
 
 
 def test_pipeline_batches_equal_the_serial_batches(tmp_path):

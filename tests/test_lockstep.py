@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _compare import assert_states_equal
 
 from clipdepth.eval.protocols import upsample
 from clipdepth.study import experiments
@@ -51,21 +52,6 @@ def _group_checkpoint(options: RunOptions) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def _assert_states_equal(a, b, path="") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_states_equal(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_states_equal(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 def test_lockstep_equals_each_row_trained_alone(tmp_path, rn50):
     """Bit-identical tokens, optimiser and scheduler states, BN statistics, history and every metric.
 
@@ -85,11 +71,11 @@ def test_lockstep_equals_each_row_trained_alone(tmp_path, rn50):
         assert together.history == alone.history
         solo = torch.load(trainer.run_dir / f"epoch_{EPOCHS:03d}.pt", weights_only=True)
         row = group["rows"][k]
-        _assert_states_equal(row["prompts"], solo["prompts"], "prompts")
-        _assert_states_equal(row["optimizer"], solo["optimizer"], "optimizer")
-        _assert_states_equal(row["scheduler"], solo["scheduler"], "scheduler")
-        _assert_states_equal(group["bn_buffers"], solo["bn_buffers"], "bn")
-        _assert_states_equal(torch.load(together.run_dir / "prompts.pt", weights_only=True), solo["prompts"])
+        assert_states_equal(row["prompts"], solo["prompts"], "prompts")
+        assert_states_equal(row["optimizer"], solo["optimizer"], "optimizer")
+        assert_states_equal(row["scheduler"], solo["scheduler"], "scheduler")
+        assert_states_equal(group["bn_buffers"], solo["bn_buffers"], "bn")
+        assert_states_equal(torch.load(together.run_dir / "prompts.pt", weights_only=True), solo["prompts"])
         assert together.protocol["mode"] == "faithful" and together.protocol["bn"] == "adapt"
         assert together.provenance["lockstep_rows"] == 3
 
@@ -121,7 +107,7 @@ def test_kill_mid_epoch_then_rerun_is_bit_identical(tmp_path, rn50):
         assert resumed[name].history == straight[name].history
         a = torch.load(straight[name].run_dir / "prompts.pt", weights_only=True)
         b = torch.load(resumed[name].run_dir / "prompts.pt", weights_only=True)
-        _assert_states_equal(a, b)
+        assert_states_equal(a, b)
     # everything finished: a third call reuses every row
     again = run_units(_rows(), options, clip_provider=lambda a, w: rn50)
     assert all(r.reused for r in again)
