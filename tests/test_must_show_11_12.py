@@ -221,11 +221,11 @@ def test_report_layer_edits_keep_the_fingerprint_computing_edits_change_it(tmp_p
                 "clipdepth.run.run_all"} & set(modules)
     original = code_fingerprint(_copy_package(tmp_path / "original") / "clipdepth")
     report_edit = _copy_package(tmp_path / "report-edit")
-    _append_comment(report_edit, "figures.py")
-    _append_comment(report_edit, "report_html.py")
+    _append_comment(report_edit, "report/figures.py")
+    _append_comment(report_edit, "report/index_page.py")
     assert code_fingerprint(report_edit / "clipdepth") == original
     metrics_edit = _copy_package(tmp_path / "metrics-edit")
-    _append_comment(metrics_edit, "metrics.py")
+    _append_comment(metrics_edit, "eval/metrics.py")
     assert code_fingerprint(metrics_edit / "clipdepth") != original
 
 
@@ -243,7 +243,7 @@ def test_a_changed_metrics_module_recomputes_rows_or_reuses_them_labelled_stale(
     assert not old["reused"] and not old["stale"]
     assert Path(old["run_dir"]).name.endswith(f"-c{before['fingerprint'][:12]}")
 
-    _append_comment(package, "metrics.py")
+    _append_comment(package, "eval/metrics.py")
     after = notebook_run("stale", "fresh")  # allow_stale first (the old run is the only one), then the default
     assert after["fingerprint"] != before["fingerprint"]
     (stale,) = after["stale"]
@@ -266,7 +266,7 @@ def test_a_changed_metrics_module_recomputes_rows_or_reuses_them_labelled_stale(
 
 def test_no_fixed_or_private_temporary_names_remain_in_the_package():
     pattern = ('.tmp"', '".tmp-', "mkstemp", "mkdtemp", ".partial", "NamedTemporaryFile")
-    found = [f"{p.relative_to(LIB)}: {needle}" for p in (LIB / "clipdepth").rglob("*.py") if p.name != "atomic.py"
+    found = [f"{p.relative_to(LIB)}: {needle}" for p in (LIB / "clipdepth").rglob("*.py") if p.name != "_files.py"
              for needle in pattern if needle in p.read_text(encoding="utf-8")]
     assert found == []
 

@@ -104,7 +104,9 @@ class Browser:
         if exe is None:
             raise FileNotFoundError("no Chromium found (install Debian's chromium, or set CLIPDEPTH_CHROMIUM)")
         self.width, self.height, self.timeout = width, height, timeout
-        self._profile = tempfile.mkdtemp(prefix="clipdepth-chromium-")
+        # a throw-away profile, removed on close (and by the interpreter if the caller forgets)
+        self._profile_dir = tempfile.TemporaryDirectory(prefix="clipdepth-chromium-", ignore_cleanup_errors=True)
+        self._profile = self._profile_dir.name
         args = [exe, "--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 "--no-default-browser-check",
                 "--disable-extensions", "--disable-background-networking", "--remote-allow-origins=*",
@@ -206,7 +208,7 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        shutil.rmtree(self._profile, ignore_errors=True)
+        self._profile_dir.cleanup()
 
     def __enter__(self) -> Browser:
         return self
