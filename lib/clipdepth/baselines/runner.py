@@ -124,6 +124,7 @@ def run_baseline(
     model_options: dict[str, Any] | None = None,
     clip_model: Any | None = None,
     files: dict[str, str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> BaselineResult:
     """Train ``method`` on ``dataset`` in ``profile`` and evaluate it (see the module docstring).
 
@@ -135,10 +136,11 @@ def run_baseline(
     split list (a rehearsal; part of the run's key). ``clip_model``: CLIP2Depth only, a loaded
     CLIP of the configured arch and the same ``weights`` (saves loading it again; it is not modified).
     ``files``: LLM-MDE's towers from local files, ``{"vit": timm ViT-B/16 weights file, "bert": Hugging Face
-    BERT folder}`` (either may be left out); each file's content hash enters the run key.
+    BERT folder}`` (either may be left out); each file's content hash enters the run key. ``data_dir``:
+    the root the profile's data lives under (None: :func:`clipdepth.study.experiments.default_data_dir`).
     """
     overrides = {"weights": weights} if weights is not None else {}
-    resolved = experiments.resolve(f"t3/{dataset}/learned-7", profile, **overrides)
+    resolved = experiments.resolve(f"t3/{dataset}/learned-7", profile, data_dir=data_dir, **overrides)
     weights = resolved.weights
     cfg = fit_config(method, profile, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, seed=seed)
     normalised = (method == "llm-mde") if normalised is None else bool(normalised)

@@ -58,6 +58,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from clipdepth._files import repo_path
 from clipdepth.vocab import (
     BIN_KINDS,
     DATASET_RANGES,
@@ -587,10 +588,12 @@ TRAIN_MODES: tuple[str, ...] = ("cached", "faithful")
 def default_data_dir() -> str:
     """The data root a profile's ``{data_dir}`` stands for when the caller passes none.
 
-    The one place the environment is read (``$CLIPDEPTH_DATA_DIR``, default ``data``): notebooks and
-    ``./run_all.sh`` pass their ``data_dir`` parameter explicitly, so this only serves scripts and tests
-    that point every resolution in a process at one root."""
-    return os.environ.get("CLIPDEPTH_DATA_DIR", "data")
+    The one place the environment is read (``$CLIPDEPTH_DATA_DIR``, default ``data``; a relative path
+    is taken from the repository root, like every path parameter, so a kernel started in
+    ``notebooks/`` finds the same data): notebooks and ``./run_all.sh`` pass their ``data_dir``
+    parameter explicitly, so this only serves scripts and tests that point every resolution in a
+    process at one root."""
+    return str(repo_path(os.environ.get("CLIPDEPTH_DATA_DIR", "data")))
 
 
 def _mode_variant(exp: Experiment, mode: str | None, seed: int | None) -> Experiment:

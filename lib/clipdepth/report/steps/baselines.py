@@ -166,6 +166,7 @@ def baseline_rows(ctx: NotebookContext, method: str, keep_examples: int = 3) -> 
             max_steps=_setting(ctx, method, "max_steps"), batch_size=_setting(ctx, method, "batch_size"),
             lr=_setting(ctx, method, "lr"), seed=int(p.get("seed", 42)), device=_device(ctx), subset=p.get("subset"),
             runs_dir=repo_path(p.get("runs_dir") or "cache/runs"), keep_examples=keep_examples,
+            data_dir=repo_path(p["data_dir"]) if p.get("data_dir") else None,
             force=bool(p.get("force", False)), progress=False, model_options=options, clip_model=clip,
             files=_llm_mde_files(p) if method == "llm-mde" else None,
         )
