@@ -15,7 +15,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from clipdepth.report.comparison_view import notebook_tables
+from clipdepth.report._notebooks import notebook_tables
 from clipdepth.run.run_all import (
     NotebookParameterError,
     discover_notebooks,

@@ -1,7 +1,9 @@
 """One name for the notebooks: ``from clipdepth import report`` gives every step a table notebook takes.
 
 Why a facade: a notebook reads as a dozen calls on one module (DESIGN.md sections 1-2), while the
-code lives where its job is. Nothing in the package imports this module; it only re-exports:
+code lives where its job is. Nothing in the package imports this module; it only re-exports, lazily
+(PEP 562), so that importing one light submodule (``clipdepth.report._notebooks``) does not load
+torch and open_clip for a command that only checks its arguments:
 
 - :mod:`clipdepth.report.session` -- ``start_notebook``, ``run_rows``, ``finish_notebook`` (results files);
 - :mod:`clipdepth.study.comparison` -- metric labels, the tolerance, ``compare_with_paper``, ``comparison_table``;
@@ -24,59 +26,35 @@ Typical notebook::
 
 from __future__ import annotations
 
-from clipdepth._files import repo_path, repo_root
-from clipdepth.model.backbone import resolve_device
-from clipdepth.report.comparison_view import show_comparison, show_table
-from clipdepth.report.figures import pick_examples, plot_comparison, plot_qualitative, save_figure
-from clipdepth.report.index_page import write_index
-from clipdepth.report.provenance import environment_info, git_state, weights_info
-from clipdepth.report.session import (
-    NotebookContext,
-    finish_notebook,
-    run_rows,
-    show_banner,
-    start_notebook,
-    verdicts_for,
-)
-from clipdepth.study.comparison import (
-    COMPARE_METRICS,
-    METRIC_LABELS,
-    TOLERANCE,
-    compare_with_paper,
-    comparison_table,
-    markdown_table,
-    verdicts_allowed,
-    within_tolerance,
-)
-from clipdepth.train.plan import resolve_rows
+import importlib
+from typing import Any
 
-__all__ = [
-    "COMPARE_METRICS",
-    "METRIC_LABELS",
-    "TOLERANCE",
-    "NotebookContext",
-    "compare_with_paper",
-    "comparison_table",
-    "environment_info",
-    "finish_notebook",
-    "git_state",
-    "markdown_table",
-    "pick_examples",
-    "plot_comparison",
-    "plot_qualitative",
-    "repo_path",
-    "repo_root",
-    "resolve_device",
-    "resolve_rows",
-    "run_rows",
-    "save_figure",
-    "show_banner",
-    "show_comparison",
-    "show_table",
-    "start_notebook",
-    "verdicts_allowed",
-    "verdicts_for",
-    "weights_info",
-    "within_tolerance",
-    "write_index",
-]
+#: name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("repo_path", "repo_root"), "clipdepth._files"),
+    "resolve_device": "clipdepth.model.backbone",
+    **dict.fromkeys(("show_comparison", "show_table"), "clipdepth.report.comparison_view"),
+    **dict.fromkeys(("pick_examples", "plot_comparison", "plot_qualitative", "save_figure"),
+                    "clipdepth.report.figures"),
+    "write_index": "clipdepth.report.index_page",
+    **dict.fromkeys(("environment_info", "git_state", "weights_info"), "clipdepth.report.provenance"),
+    **dict.fromkeys(("NotebookContext", "finish_notebook", "run_rows", "show_banner", "start_notebook",
+                     "verdicts_for"), "clipdepth.report.session"),
+    **dict.fromkeys(("COMPARE_METRICS", "METRIC_LABELS", "TOLERANCE", "compare_with_paper", "comparison_table",
+                     "markdown_table", "verdicts_allowed", "within_tolerance"), "clipdepth.study.comparison"),
+    "resolve_rows": "clipdepth.train.plan",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clipdepth.report' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

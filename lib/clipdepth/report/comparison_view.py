@@ -21,21 +21,17 @@ them out:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import html
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from clipdepth._files import repo_root
 from clipdepth.eval.metrics import HIGHER_IS_BETTER
+from clipdepth.report._notebooks import home_notebook
 from clipdepth.study import experiments
 from clipdepth.study.comparison import (
     COMPARE_METRICS,
@@ -56,8 +52,6 @@ __all__ = [
     "difference_style",
     "headline_styler",
     "headline_table",
-    "home_notebook",
-    "notebook_tables",
     "show_comparison",
     "show_table",
 ]
@@ -103,30 +97,6 @@ VIEW_CSS = """
 .cmp-legend{font-size:12px;color:#444;max-width:1100px}
 .cmp-key{display:inline-block;width:2.2em;height:.9em;vertical-align:middle;border:1px solid #ccc}
 """
-
-
-def notebook_tables(path: str | os.PathLike[str]) -> tuple[str, ...]:
-    """The registry tables a notebook regenerates, from its metadata (``"clipdepth": {"tables": [...]}``).
-
-    The notebooks declare their tables so that nothing in the library names a notebook: ``./run_all.sh``
-    plans their row groups from it, and the pages link a row to the notebook of its own table."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    return tuple(nb.get("metadata", {}).get("clipdepth", {}).get("tables", ()))
-
-
-@functools.cache
-def _table_homes(notebooks_dir: str) -> dict[str, str]:
-    homes: dict[str, str] = {}
-    for path in sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb")):
-        for table in notebook_tables(path):
-            homes.setdefault(table, path.stem)
-    return homes
-
-
-def home_notebook(table: str | None, notebooks_dir: str | os.PathLike[str] | None = None) -> str | None:
-    """The notebook that declares a paper table (Table 3 -> ``01_token_ablation``); None for tables no
-    table notebook declares (DepthCLIP, the baselines), which live where they are shown."""
-    return _table_homes(str(notebooks_dir or repo_root() / "notebooks")).get(str(table))
 
 
 def _float(value: Any) -> float:

@@ -35,7 +35,8 @@ import pandas as pd
 from markupsafe import Markup
 
 from clipdepth._files import atomic_write_text
-from clipdepth.report.comparison_view import TABLE_TITLES, VIEW_CSS, headline_styler, home_notebook, legend_html
+from clipdepth.report._notebooks import home_notebook
+from clipdepth.report.comparison_view import TABLE_TITLES, VIEW_CSS, headline_styler, legend_html
 from clipdepth.study import experiments
 from clipdepth.study.comparison import (
     CONFIDENCE,
@@ -131,7 +132,7 @@ def _scorecard_rows(results: list[dict[str, Any]]) -> dict[str, list[dict[str, A
     """Comparison records grouped by table, then by experiment, one entry per table row.
 
     A row shown by several notebooks (Table 3's learned-7 in 01, 05 and 06) is taken from the notebook
-    of its own table (:func:`clipdepth.report.comparison_view.home_notebook`) when that notebook's results are
+    of its own table (:func:`clipdepth.report._notebooks.home_notebook`) when that notebook's results are
     here, else from the newest results file; ``also_in`` lists the other notebooks that show it. Each
     entry carries its results file's verdict flag and, when verdicts are not allowed, the reason.
     """

@@ -3,15 +3,13 @@
 Why a module of its own: every results file records the same provenance (DESIGN.md section 5b), and
 ``./run_all.sh`` (:mod:`clipdepth.run.run_all`) checks the paper profile's weights with the same lookup
 that identifies them in results. Nothing here computes a number or draws a table; it reads the
-environment (and sets a variable for a block, :func:`scoped_environ`), and never downloads.
+environment and never downloads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,25 +23,8 @@ __all__ = [
     "environment_info",
     "find_cached_weights",
     "git_state",
-    "scoped_environ",
     "weights_info",
 ]
-
-@contextlib.contextmanager
-def scoped_environ(name: str, value: str | None) -> Iterator[None]:
-    """Set ``$name`` to ``value`` for the block (``None``: leave it as it is), then restore what was there
-    (unset if it was unset): worker processes started inside the block inherit it."""
-    old = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
 
 _VERSIONED = (
     "clipdepth", "torch", "torchvision", "open_clip_torch", "numpy", "pandas", "matplotlib",

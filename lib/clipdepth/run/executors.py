@@ -48,7 +48,6 @@ from typing import IO, Any
 import submitit
 
 from clipdepth._files import atomic_write_json
-from clipdepth.report.provenance import scoped_environ
 from clipdepth.run._executor_options import (
     DEFAULT_SLURM_TIME_MIN,
     EXECUTORS,
@@ -145,6 +144,22 @@ class ExecutionReport:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scoped_environ(name: str, value: str | None) -> Iterator[None]:
+    """Set ``$name`` to ``value`` for the block (``None``: leave it as it is), then restore what was there
+    (unset if it was unset): worker processes started inside the block inherit it."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def _file_name(key: str) -> str:

@@ -57,12 +57,10 @@ from pathlib import Path
 from typing import Any
 
 from clipdepth._files import LockTimeout, atomic_write_text, file_lock, output_dir_problem, repo_root
-from clipdepth.report.comparison_view import notebook_tables
-from clipdepth.report.provenance import environment_info, find_cached_weights
+from clipdepth.report._notebooks import notebook_tables
 from clipdepth.run._worker import expected_error
 from clipdepth.run.executors import ExecutorError, add_executor_arguments, options_from_args, run_units
 from clipdepth.run.params import PARAMETERS, ParameterError, check_parameter
-from clipdepth.train.plan import describe_plan, plan_lines, plan_tables
 from clipdepth.vocab import DATASETS, is_weights_file
 
 __all__ = [
@@ -292,6 +290,14 @@ def _check_dataset(dataset: str, data_dir: Path, decode: bool = True, workers: i
                     f"`clipdepth data check --dataset {dataset} --root {root} --split {split}` lists them all",
                 ))
     return missing
+
+
+def find_cached_weights(arch: str, tag: str) -> Path | None:
+    """:func:`clipdepth.report.provenance.find_cached_weights`, imported when first needed: the checks
+    that fail fast (arguments, parameters, output folders) run without loading torch and open_clip."""
+    from clipdepth.report.provenance import find_cached_weights as find
+
+    return find(arch, tag)
 
 
 def weights_file_problem(path: str | os.PathLike[str], arch: str = "RN50-quickgelu") -> str | None:
@@ -734,6 +740,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     if args.force:
         os.environ["CLIPDEPTH_FORCE_SINCE"] = f"{force_since:.3f}"
+    from clipdepth.train.plan import describe_plan, plan_lines, plan_tables
+
     planned = [(notebook_tables(job.path), {**defaults[job.name], **job.parameters}) for job in jobs]
     with contextlib.ExitStack() as stack:
         if args.plan and args.profile == "demo":
@@ -802,6 +810,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         # 4. index (imported here, not at the top: report_html loads torch through the metrics, seconds that
         # the argument and prerequisite checks above must not wait for)
         from clipdepth.report.index_page import write_index
+        from clipdepth.report.provenance import environment_info
 
         env_info = environment_info()
         run = {
