@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from clipdepth.eval.metrics import compute_metrics
-from clipdepth.eval.protocols import depthclip_box, evaluate
+from clipdepth.eval.protocols import depthclip_box, evaluate, upsample
 from clipdepth.model.factory import learned_prompt_model, model_for_experiment
 from clipdepth.model.head import DepthOutput, bin_logits, depth_from_probabilities
 from clipdepth.model.prompt_learner import PromptEncoder, PromptLearner, TextEncoder, token_distance
@@ -30,7 +30,6 @@ from clipdepth.study.experiments import (
     resolve,
     variant,
 )
-from clipdepth.train.losses import upsample
 
 TOKENIZER = open_clip.get_tokenizer("RN50-quickgelu")
 

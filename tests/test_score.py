@@ -26,10 +26,9 @@ from PIL import Image
 from clipdepth.data import NYUDepthV2
 from clipdepth.data.common import read_depth_png, write_depth_png
 from clipdepth.eval.metrics import METRIC_NAMES, compute_metrics, crop_mask, pixel_sums, pooled_metrics
-from clipdepth.eval.protocols import evaluate
+from clipdepth.eval.protocols import evaluate, upsample
 from clipdepth.eval.score import PROTOCOLS, name_from_key, score_predictions
 from clipdepth.run.cli import main
-from clipdepth.train.losses import upsample
 
 NYU_NAMES = ["bathroom/rgb_00045", "bedroom/rgb_00059"]
 KITTI_DRIVE = "2011_09_26_drive_0002_sync"

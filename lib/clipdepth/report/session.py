@@ -8,24 +8,7 @@ without Jupyter, and ``./run_all.sh`` (:mod:`clipdepth.run.run_all`) and the HTM
 comparison with the paper is :mod:`clipdepth.study.comparison`, figures are :mod:`clipdepth.report.figures`, the
 provenance recorded is :mod:`clipdepth.report.provenance`, the CSV and Markdown views are
 :mod:`clipdepth.report.results_files`; :mod:`clipdepth.report` gathers all of them
-under one name for the notebooks.
-
-Typical notebook::
-
-    ctx = report.start_notebook("01_token_ablation", params, profile=profile, reports_dir=reports_dir)
-    rows = report.run_rows(ctx, ctx.experiment_names("t3"))
-    comparison = report.compare_with_paper(rows, verdicts=report.verdicts_for(ctx))
-    report.show_comparison(comparison, ctx)
-    report.save_figure(ctx, report.plot_comparison(comparison, metric="abs_rel"), "comparison_abs_rel")
-    report.finish_notebook(ctx, rows)
-
-Files written per notebook, under ``<reports_dir>/<profile>/<notebook>/``: ``results.json`` (parameters,
-package versions, weights id, git commit, every metric of every row and seed, the comparison with the
-paper, whether verdicts are drawn, wall time, banner), ``results.csv`` (one line per table row: our
-metrics, mean over seeds, the paper's, differences, pixel-pooled values, protocol, stale, computing
-commit where it differs), ``results.md`` (the same as readable tables) and the PNG figures
-(:func:`clipdepth.report.figures.save_figure`).
-Each is written to a unique temporary and renamed (:mod:`clipdepth._files`).
+under one name for the notebooks (its docstring shows a typical notebook).
 """
 
 from __future__ import annotations
